@@ -1,0 +1,11 @@
+#pragma once
+// tallyctl's subcommands. Each lives in its own ctl_<name>.cpp and registers itself on the app; the callback it
+// sets runs the command and stores its exit status in `exit_status`.
+
+#include <CLI/CLI.hpp>
+
+namespace tally::agent {
+
+void add_watch_command(CLI::App& app, int& exit_status);
+
+}  // namespace tally::agent

@@ -1,0 +1,198 @@
+#include "agent/daemon.hpp"
+
+#include <csignal>
+#include <chrono>
+#include <memory>
+
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
+#include <systemd/sd-daemon.h>
+
+#include "agent/event_loop.hpp"
+#include "agent/feed_publisher.hpp"
+#include "agent/logging.hpp"
+#include "agent/self_usage.hpp"
+#include "agent/version.hpp"
+#include "collectors/node_summary.hpp"
+
+namespace tally::agent {
+namespace {
+
+using std::chrono::milliseconds;
+
+std::uint64_t unix_now_ns() {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+}
+
+class Daemon {
+ public:
+  Daemon(DaemonOptions options, Config config, std::unique_ptr<EventLoop> loop,
+         std::unique_ptr<FeedPublisher> publisher)
+      : options_(std::move(options)),
+        config_(std::move(config)),
+        loop_(std::move(loop)),
+        publisher_(std::move(publisher)),
+        started_(std::chrono::steady_clock::now()),
+        interval_start_ns_(unix_now_ns()) {}
+
+  Result<void> start() {
+    TALLY_TRY(publisher_->set_endpoints(config_.feed.bind, config_.feed.connect));
+    TALLY_TRY(arm_timers());
+    auto on_stop = [this] { stop(); };
+    auto term = loop_->add_signal(SIGTERM, on_stop);
+    if (!term) return term.error();
+    auto interrupt = loop_->add_signal(SIGINT, on_stop);
+    if (!interrupt) return interrupt.error();
+    auto hangup = loop_->add_signal(SIGHUP, [this] { reload(); });
+    if (!hangup) return hangup.error();
+    signal_sources_.push_back(std::move(*term));
+    signal_sources_.push_back(std::move(*interrupt));
+    signal_sources_.push_back(std::move(*hangup));
+
+    publish_topology();
+    // READY=1 only now: the feed socket is bound and accepts subscribers.
+    sd_notifyf(0, "READY=1\nSTATUS=%s", status_line().c_str());
+    spdlog::info("tallyd {} started: node {}, instance {}; {}", kVersion, publisher_->identity().node_id,
+                 publisher_->identity().instance_id, status_line());
+    return {};
+  }
+
+  int run() { return loop_->run(); }
+
+ private:
+  std::string status_line() const {
+    std::string line;
+    const auto bound = publisher_->bound_endpoints();
+    if (!bound.empty()) line += fmt::format("feed bound to {}; ", fmt::join(bound, ", "));
+    if (!config_.feed.connect.empty()) line += fmt::format("feed connecting to {}; ", fmt::join(config_.feed.connect, ", "));
+    line += fmt::format("heartbeat every {} ms; usage every {} ms; config generation {}",
+                        config_.feed.heartbeat_interval_ms, config_.feed.usage_interval_ms, config_generation_);
+    return line;
+  }
+
+  Result<void> arm_timers() {
+    auto heartbeat =
+        loop_->add_periodic(milliseconds(config_.feed.heartbeat_interval_ms), [this] { publish_heartbeat(); });
+    if (!heartbeat) return heartbeat.error();
+    auto usage = loop_->add_periodic(milliseconds(config_.feed.usage_interval_ms), [this] { publish_usage(false); });
+    if (!usage) return usage.error();
+    heartbeat_timer_ = std::move(*heartbeat);
+    usage_timer_ = std::move(*usage);
+    return {};
+  }
+
+  void publish_heartbeat() {
+    const SelfUsage self = read_self_usage();
+    v1::Envelope envelope;
+    v1::Heartbeat* heartbeat = envelope.mutable_heartbeat();
+    heartbeat->set_cpu_user_ns(self.cpu_user_ns);
+    heartbeat->set_cpu_system_ns(self.cpu_system_ns);
+    heartbeat->set_rss_bytes(self.rss_bytes);
+    heartbeat->set_uptime_ns(static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - started_).count()));
+    heartbeat->set_config_generation(config_generation_);
+    publisher_->publish(envelope);
+  }
+
+  void publish_usage(bool final) {
+    const std::uint64_t now = unix_now_ns();
+    v1::Envelope envelope;
+    v1::UsageReport* usage = envelope.mutable_usage();
+    usage->set_interval_start_unix_ns(interval_start_ns_);
+    usage->set_interval_end_unix_ns(now);
+    usage->set_final(final);
+    interval_start_ns_ = now;
+    publisher_->publish(envelope);
+  }
+
+  void publish_topology() {
+    const collectors::NodeSummary node = collectors::read_node_summary();
+    v1::Envelope envelope;
+    v1::Topology* topology = envelope.mutable_topology();
+    topology->set_cpu_count(node.cpu_count);
+    topology->set_numa_node_count(node.numa_node_count);
+    topology->set_memory_bytes(node.memory_bytes);
+    publisher_->publish(envelope);
+  }
+
+  void reload() {
+    sd_notifyf(0, "RELOADING=1\nSTATUS=reloading %s", options_.config_path.c_str());
+    auto loaded = load_config(options_.config_path, options_.config_path_explicit);
+    if (!loaded) {
+      spdlog::error("reload: keeping the running configuration: {}", loaded.error().message);
+      sd_notifyf(0, "READY=1\nSTATUS=%s (reload failed, see log)", status_line().c_str());
+      return;
+    }
+    if (auto applied = apply(std::move(*loaded)); !applied) {
+      spdlog::error("reload: keeping the running configuration: {}", applied.error().message);
+    } else {
+      ++config_generation_;
+      spdlog::info("reload: configuration {} applied (generation {})", options_.config_path.string(),
+                   config_generation_);
+      publish_topology();
+    }
+    sd_notifyf(0, "READY=1\nSTATUS=%s", status_line().c_str());
+  }
+
+  // Applies a new configuration; on error the running one stays in force, untouched.
+  Result<void> apply(Config next) {
+    if (next.agent.node_id != config_.agent.node_id) {
+      auto identity = make_node_identity(next.agent.node_id);
+      if (!identity) return identity.error();
+      publisher_->set_node_id(identity->node_id);
+    }
+    TALLY_TRY(publisher_->set_endpoints(next.feed.bind, next.feed.connect));
+    const bool timers_changed = next.feed.heartbeat_interval_ms != config_.feed.heartbeat_interval_ms ||
+                                next.feed.usage_interval_ms != config_.feed.usage_interval_ms;
+    config_ = std::move(next);
+    if (timers_changed) TALLY_TRY(arm_timers());
+    if (!options_.log_level_override) {
+      if (auto level = parse_log_level(config_.agent.log_level)) spdlog::set_level(*level);
+    }
+    return {};
+  }
+
+  void stop() {
+    sd_notify(0, "STOPPING=1\nSTATUS=stopping: publishing the final report");
+    publish_usage(true);
+    spdlog::info("tallyd stopping: final report published (sequence {})", publisher_->messages_published());
+    loop_->exit(0);
+  }
+
+  DaemonOptions options_;
+  Config config_;
+  std::unique_ptr<EventLoop> loop_;
+  std::unique_ptr<FeedPublisher> publisher_;
+  std::chrono::steady_clock::time_point started_;
+  std::uint64_t interval_start_ns_;
+  std::uint32_t config_generation_ = 1;
+  EventSource heartbeat_timer_, usage_timer_;
+  std::vector<EventSource> signal_sources_;
+};
+
+}  // namespace
+
+int run_daemon(const DaemonOptions& options, Config config) {
+  auto identity = make_node_identity(config.agent.node_id);
+  if (!identity) {
+    spdlog::critical("{}", identity.error().message);
+    return 2;
+  }
+  auto loop = EventLoop::create();
+  if (!loop) {
+    spdlog::critical("event loop: {}", loop.error().message);
+    return 1;
+  }
+  auto publisher = std::make_unique<FeedPublisher>(std::move(*identity), config.feed.send_high_water_mark);
+  Daemon daemon(options, std::move(config), std::move(*loop), std::move(publisher));
+  if (auto started = daemon.start(); !started) {
+    spdlog::critical("cannot start: {}", started.error().message);
+    sd_notifyf(0, "STATUS=cannot start: %s", started.error().message.c_str());
+    return 1;
+  }
+  return daemon.run();
+}
+
+}  // namespace tally::agent
