@@ -43,5 +43,10 @@ int main(int argc, char** argv) {
   }
   if (!log_level.empty()) options.log_level_override = parse_log_level(log_level);
   init_logging(options.log_level_override.value_or(*parse_log_level(config->agent.log_level)));
+  if (std::filesystem::exists(options.config_path)) {
+    spdlog::info("configuration: {}", options.config_path.string());
+  } else {
+    spdlog::info("configuration: built-in defaults ({} does not exist)", options.config_path.string());
+  }
   return run_daemon(options, std::move(*config));
 }

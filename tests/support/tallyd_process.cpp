@@ -1,0 +1,41 @@
+#include "tests/support/tallyd_process.hpp"
+
+#include <fmt/format.h>
+
+namespace tally::test {
+
+std::string test_config(std::uint32_t heartbeat_ms, std::uint32_t usage_ms, const std::string& extra) {
+  return fmt::format(
+      "[agent]\nnode_id = \"test-node\"\nlog_level = \"debug\"\n\n"
+      "[feed]\nbind = [\"tcp://127.0.0.1:*\"]\nheartbeat_interval_ms = {}\nusage_interval_ms = {}\n\n{}",
+      heartbeat_ms, usage_ms, extra);
+}
+
+TallydProcess::TallydProcess(const std::string& config_text, std::vector<std::string> extra_args) {
+  dir_.write("tally.toml", config_text);
+  std::vector<std::string> argv{TALLYD_PATH, "--config", config_path().string()};
+  argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+  process_ = std::make_unique<Process>(std::move(argv), std::map<std::string, std::string>{
+                                                            {"NOTIFY_SOCKET", notify_.path()},
+                                                            {"JOURNAL_STREAM", ""},
+                                                        });
+}
+
+std::optional<std::string> TallydProcess::wait_ready(std::chrono::milliseconds deadline) {
+  auto ready = notify_.wait_for("READY=1", deadline);
+  if (!ready) return std::nullopt;
+  auto status = notify_field(*ready, "STATUS");
+  if (!status) return std::nullopt;
+  return bound_endpoint_from_status(*status);
+}
+
+std::optional<std::string> bound_endpoint_from_status(const std::string& status) {
+  constexpr std::string_view marker = "feed bound to ";
+  const auto start = status.find(marker);
+  if (start == std::string::npos) return std::nullopt;
+  const auto begin = start + marker.size();
+  const auto end = status.find_first_of(",; ", begin);
+  return status.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
+}
+
+}  // namespace tally::test
