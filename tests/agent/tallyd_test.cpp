@@ -43,6 +43,22 @@ TEST(Tallyd, ReadyOnlyOnceTheFeedAcceptsSubscribers) {
   EXPECT_NE(tallyd.notify().received().front().find("READY=1"), std::string::npos);
 }
 
+TEST(Tallyd, SendsWatchdogKeepAlivesWhenSystemdAsksForThem) {
+  TallydProcess tallyd(test_config(1000, 1000), {}, {{"WATCHDOG_USEC", "200000"}});
+  ASSERT_TRUE(tallyd.wait_ready());
+  EXPECT_TRUE(tallyd.notify().wait_for("WATCHDOG=1", 10s)) << "no WATCHDOG=1 with WATCHDOG_USEC set";
+}
+
+TEST(Tallyd, NoWatchdogKeepAlivesWithoutWatchdogUsec) {
+  TallydProcess tallyd(test_config(20, 20));
+  const auto endpoint = tallyd.wait_ready();
+  ASSERT_TRUE(endpoint);
+  // Let a few timer ticks pass (observed on the feed, not slept), then check nothing asked for a keep-alive.
+  FeedSubscriber subscriber(*endpoint);
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(subscriber.receive(10s));
+  EXPECT_FALSE(tallyd.notify().wait_for("WATCHDOG=1", 0ms));
+}
+
 TEST(Tallyd, PublishesEnvelopesWithSequenceIncreasingByOne) {
   TallydProcess tallyd(test_config(/*heartbeat_ms=*/20, /*usage_ms=*/20));
   const auto endpoint = tallyd.wait_ready();

@@ -11,14 +11,14 @@ std::string test_config(std::uint32_t heartbeat_ms, std::uint32_t usage_ms, cons
       heartbeat_ms, usage_ms, extra);
 }
 
-TallydProcess::TallydProcess(const std::string& config_text, std::vector<std::string> extra_args) {
+TallydProcess::TallydProcess(const std::string& config_text, std::vector<std::string> extra_args,
+                             std::map<std::string, std::string> extra_env) {
   dir_.write("tally.toml", config_text);
   std::vector<std::string> argv{TALLYD_PATH, "--config", config_path().string()};
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
-  process_ = std::make_unique<Process>(std::move(argv), std::map<std::string, std::string>{
-                                                            {"NOTIFY_SOCKET", notify_.path()},
-                                                            {"JOURNAL_STREAM", ""},
-                                                        });
+  extra_env.emplace("NOTIFY_SOCKET", notify_.path());
+  extra_env.emplace("JOURNAL_STREAM", "");  // log to stderr, where tests read it
+  process_ = std::make_unique<Process>(std::move(argv), std::move(extra_env));
 }
 
 std::optional<std::string> TallydProcess::wait_ready(std::chrono::milliseconds deadline) {

@@ -4,6 +4,7 @@
 // bound endpoint back from the STATUS= line.
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -21,7 +22,8 @@ std::string test_config(std::uint32_t heartbeat_ms = 50, std::uint32_t usage_ms 
 class TallydProcess {
  public:
   // Writes `config_text` to <dir>/tally.toml and starts tallyd on it.
-  explicit TallydProcess(const std::string& config_text, std::vector<std::string> extra_args = {});
+  explicit TallydProcess(const std::string& config_text, std::vector<std::string> extra_args = {},
+                         std::map<std::string, std::string> extra_env = {});
 
   // Waits for READY=1; returns the first bound feed endpoint from STATUS (nullopt at the deadline).
   std::optional<std::string> wait_ready(std::chrono::milliseconds deadline = std::chrono::seconds(20));
