@@ -9,6 +9,8 @@
 
 #include <set>
 
+#include <zmq_addon.hpp>
+
 #include "tests/support/feed_subscriber.hpp"
 #include "tests/support/tallyd_process.hpp"
 
@@ -195,6 +197,28 @@ TEST(Tallyd, ReloadAppliesNewIntervalsAndNodeId) {
   auto renamed = subscriber.receive_until(
       [](const FeedMessage& m) { return m.envelope.node_id() == "renamed-node"; }, 10s);
   EXPECT_TRUE(renamed) << tallyd.process().stderr_text();
+}
+
+TEST(Tallyd, ConnectsOutToAnAggregatorThatBinds) {
+  // The aggregator binds a SUB socket; the node connects its PUB socket to it and binds nothing.
+  zmq::context_t context(1);
+  zmq::socket_t aggregator(context, zmq::socket_type::sub);
+  aggregator.set(zmq::sockopt::linger, 0);
+  aggregator.set(zmq::sockopt::subscribe, "");
+  aggregator.bind("tcp://127.0.0.1:*");
+  const std::string endpoint = aggregator.get(zmq::sockopt::last_endpoint);
+
+  TallydProcess tallyd("[agent]\nnode_id = \"edge-node\"\n[feed]\nbind = []\nconnect = [\"" + endpoint +
+                       "\"]\nheartbeat_interval_ms = 20\nusage_interval_ms = 20\n");
+  ASSERT_TRUE(tallyd.notify().wait_for("READY=1", 20s)) << tallyd.process().stderr_text();
+  zmq::pollitem_t item{aggregator.handle(), 0, ZMQ_POLLIN, 0};
+  ASSERT_EQ(zmq::poll(&item, 1, 10s), 1) << "nothing arrived at the aggregator";
+  std::vector<zmq::message_t> frames;
+  ASSERT_TRUE(zmq::recv_multipart(aggregator, std::back_inserter(frames)));
+  ASSERT_EQ(frames.size(), 2u);
+  v1::Envelope envelope;
+  ASSERT_TRUE(envelope.ParseFromArray(frames[1].data(), static_cast<int>(frames[1].size())));
+  EXPECT_EQ(envelope.node_id(), "edge-node");
 }
 
 TEST(Tallyd, InvalidConfigRefusesToStartWithStatus2) {
