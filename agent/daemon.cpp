@@ -20,11 +20,6 @@ namespace {
 
 using std::chrono::milliseconds;
 
-std::uint64_t unix_now_ns() {
-  return static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count());
-}
 
 class Daemon {
  public:
@@ -35,7 +30,7 @@ class Daemon {
         loop_(std::move(loop)),
         publisher_(std::move(publisher)),
         started_(std::chrono::steady_clock::now()),
-        interval_start_ns_(unix_now_ns()) {}
+        interval_start_ns_(unix_time_ns()) {}
 
   Result<void> start() {
     TALLY_TRY(publisher_->set_endpoints(config_.feed.bind, config_.feed.connect));
@@ -97,7 +92,7 @@ class Daemon {
   }
 
   void publish_usage(bool final) {
-    const std::uint64_t now = unix_now_ns();
+    const std::uint64_t now = unix_time_ns();
     v1::Envelope envelope;
     v1::UsageReport* usage = envelope.mutable_usage();
     usage->set_interval_start_unix_ns(interval_start_ns_);

@@ -1,5 +1,7 @@
 #include "agent/feed.hpp"
 
+#include <chrono>
+
 namespace tally::agent {
 
 std::string_view topic_of(FeedKind kind) {
@@ -26,6 +28,12 @@ std::optional<FeedKind> kind_of(const v1::Envelope& envelope) {
     case v1::Envelope::BODY_NOT_SET: break;
   }
   return std::nullopt;
+}
+
+std::uint64_t unix_time_ns() {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
 }
 
 }  // namespace tally::agent

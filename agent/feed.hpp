@@ -3,6 +3,7 @@
 // a topic naming the kind, then a serialized tally.v1.Envelope. See docs/protocol.md.
 
 #include <array>
+#include <cstdint>
 #include <optional>
 #include <string_view>
 
@@ -16,5 +17,8 @@ inline constexpr std::array kAllFeedKinds{FeedKind::heartbeat, FeedKind::usage, 
 std::string_view topic_of(FeedKind kind);
 std::optional<FeedKind> kind_from_topic(std::string_view topic);
 std::optional<FeedKind> kind_of(const v1::Envelope& envelope);
+
+// Wall-clock time as the feed carries it: nanoseconds since the Unix epoch (CLOCK_REALTIME).
+std::uint64_t unix_time_ns();
 
 }  // namespace tally::agent

@@ -16,11 +16,6 @@ bool contains(const std::vector<std::string>& values, const std::string& value) 
   return std::find(values.begin(), values.end(), value) != values.end();
 }
 
-std::uint64_t unix_now_ns() {
-  return static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count());
-}
 }  // namespace
 
 FeedPublisher::FeedPublisher(NodeIdentity identity, std::uint32_t send_high_water_mark)
@@ -91,7 +86,7 @@ void FeedPublisher::publish(v1::Envelope& envelope) {
   envelope.set_instance_id(identity_.instance_id);
   envelope.set_sequence(++sequence_);
   envelope.set_kind_sequence(++kind_sequence_[static_cast<std::size_t>(*kind)]);
-  envelope.set_timestamp_unix_ns(unix_now_ns());
+  envelope.set_timestamp_unix_ns(unix_time_ns());
   envelope.set_hostname(identity_.hostname);
   envelope.set_agent_version(std::string(kVersion));
   envelope.SerializeToString(&buffer_);
