@@ -1,0 +1,351 @@
+// What it costs a workload to report usage, and what it costs the agent to drain it.
+//
+// Compares, in one run on one machine:
+//  - tally_add (1 and 2 threads on the same counter of the same label set) and tally_record (1 and 2 threads)
+//    against a relaxed std::atomic<uint64_t>::fetch_add on an uncontended line (the target: tally_add <= 1.0x,
+//    tally_record <= 1.5x), and against a shared atomic that two threads hit (what per-thread shards avoid);
+//  - tally_record against the same event as a statsd line over UDP loopback (target: 100x cheaper) and as an
+//    LTTng-UST tracepoint with a live session (target: 10x cheaper). Start the session before the run:
+//      lttng-sessiond --daemonize; lttng create tally-bench --output=/tmp/tally-bench-trace
+//      lttng enable-event -u 'tally_bench:*'; lttng start
+//    (the summary says whether the tracepoint was enabled; without a session it costs a branch and says so);
+//  - the agent's drain with histograms on one core, in events/s (target: >= 30M).
+// Every benchmark runs 5 repetitions; the summary table printed last uses the medians.
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <benchmark/benchmark.h>
+
+#include <atomic>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <thread>
+
+#include "shm/histogram.hpp"
+#include "shm/registration_server.hpp"
+#include "shm/segment_file.hpp"
+#include "shm/segment_reader.hpp"
+#include "tally/client.h"
+
+extern "C" int tally_bench_lttng_available(void);
+extern "C" void tally_bench_lttng_request(std::uint32_t labels, std::uint64_t tokens_in, std::uint64_t tokens_out,
+                                          std::uint64_t ttft_ns, std::uint64_t duration_ns, std::uint64_t gpu_time_ns);
+#ifdef TALLY_BENCH_LTTNG
+#include "shm_tracepoint.h"
+#endif
+
+namespace {
+
+using namespace tally;
+
+// ---- one attached client for the whole run, registered with an in-process server in a temp dir -------------
+
+struct BenchAgent {
+  std::filesystem::path dir;
+  std::unique_ptr<shm::RegistrationServer> server;
+  std::filesystem::path segment_path;
+  tally_client* client = nullptr;
+  std::uint32_t labels = 0;
+  shm::MappedFile segment;
+
+  BenchAgent() {
+    char tmpl[] = "/tmp/tally-bench-XXXXXX";
+    dir = ::mkdtemp(tmpl);
+    shm::RegistrationServer::Options options;
+    options.socket_path = dir / "tally.sock";
+    options.segment_dir = dir / "segments";
+    auto s = shm::RegistrationServer::listen(options, [this](const shm::Registration& r) -> Result<void> {
+      segment_path = r.segment_path;
+      return {};
+    });
+    if (!s) throw std::runtime_error(s.error().message);
+    server = std::move(*s);
+    ::setenv("TALLY_SOCKET", options.socket_path.c_str(), 1);
+    ::setenv("TALLY_LANE_RECORDS", "65536", 1);
+    std::atomic<bool> done{false};
+    std::thread serve([&] {
+      while (!done) {
+        pollfd p{server->fd(), POLLIN, 0};
+        if (::poll(&p, 1, 5) > 0) server->on_readable();
+      }
+    });
+    client = tally_open("bench");
+    done = true;
+    serve.join();
+    if (!tally_attached(client)) throw std::runtime_error("bench client did not attach");
+    const tally_label l[] = {{"tenant", "acme"}, {"model", "llama"}};
+    labels = tally_intern(client, l, 2);
+    auto mapped = shm::MappedFile::open(segment_path, sizeof(shm::format::Header), std::uint64_t{1} << 34);
+    if (!mapped) throw std::runtime_error(mapped.error().message);
+    segment = std::move(*mapped);
+  }
+  ~BenchAgent() {
+    tally_close(client);
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+  // Plays the agent's part for the lanes: marks everything published as consumed, so records keep taking the
+  // real path (not the lane-full path).
+  void consume_lanes() {
+    auto* h = reinterpret_cast<shm::format::Header*>(segment.bytes().data());
+    const std::uint32_t used = shm::format::load_acquire(h->slots_used);
+    for (std::uint32_t s = 0; s < used; ++s) {
+      auto* slot = reinterpret_cast<shm::format::SlotHeader*>(segment.bytes().data() + h->slots_offset +
+                                                              std::uint64_t{s} * h->slot_stride);
+      shm::format::store_release(slot->tail, shm::format::load_acquire(slot->head));
+    }
+  }
+};
+
+BenchAgent& agent() {
+  static BenchAgent a;
+  return a;
+}
+
+tally_request sample_request(std::uint64_t i) {
+  tally_request r{};
+  r.tokens_in = 100 + (i & 1023);
+  r.tokens_out = 50 + (i & 511);
+  r.ttft_ns = 1'000'000 + (i & 0xffff);
+  r.duration_ns = 9'000'000 + (i & 0xfffff);
+  r.gpu_time_ns = 4'000'000 + (i & 0xfff);
+  r.tool_calls = static_cast<std::uint32_t>(i & 3);
+  return r;
+}
+
+// ---- baselines ------------------------------------------------------------------------------------------------
+
+struct alignas(64) PaddedAtomic {
+  std::atomic<std::uint64_t> value{0};
+};
+PaddedAtomic g_per_thread[8];
+PaddedAtomic g_shared;
+
+void BM_AtomicFetchAdd(benchmark::State& state) {  // uncontended: each thread its own line
+  auto& a = g_per_thread[state.thread_index()].value;
+  for (auto _ : state) a.fetch_add(1, std::memory_order_relaxed);
+}
+BENCHMARK(BM_AtomicFetchAdd)->Threads(1)->Threads(2)->UseRealTime();
+
+void BM_AtomicSharedFetchAdd(benchmark::State& state) {  // what a single shared counter costs two threads
+  for (auto _ : state) g_shared.value.fetch_add(1, std::memory_order_relaxed);
+}
+BENCHMARK(BM_AtomicSharedFetchAdd)->Threads(2)->UseRealTime();
+
+// ---- tally ------------------------------------------------------------------------------------------------
+
+void BM_TallyAdd(benchmark::State& state) {  // same counter, same label set, from every thread
+  BenchAgent& a = agent();
+  for (auto _ : state) tally_add(a.client, a.labels, TALLY_TOKENS_IN, 1);
+}
+BENCHMARK(BM_TallyAdd)->Threads(1)->Threads(2)->UseRealTime();
+
+void BM_TallyRecord(benchmark::State& state) {
+  BenchAgent& a = agent();
+  const tally_request r = sample_request(static_cast<std::uint64_t>(state.thread_index()) * 7919);
+  std::uint64_t i = 0;
+  for (auto _ : state) {
+    tally_record(a.client, a.labels, &r);
+    if ((++i & 4095) == 0) a.consume_lanes();  // 1 in 4096: keeps the lane from filling up
+  }
+  state.counters["dropped"] = static_cast<double>(tally_dropped(a.client));
+}
+BENCHMARK(BM_TallyRecord)->Threads(1)->Threads(2)->UseRealTime();
+
+// ---- heavier baselines --------------------------------------------------------------------------------------
+
+void BM_StatsdUdpSend(benchmark::State& state) {
+  const int receiver = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(receiver, reinterpret_cast<sockaddr*>(&address), sizeof address);
+  socklen_t length = sizeof address;
+  ::getsockname(receiver, reinterpret_cast<sockaddr*>(&address), &length);
+  const int sender = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ::connect(sender, reinterpret_cast<sockaddr*>(&address), sizeof address);
+  char line[256];
+  std::uint64_t i = 0;
+  for (auto _ : state) {
+    const tally_request r = sample_request(i++);
+    const int n = std::snprintf(line, sizeof line,
+                                "llm.request:1|c|#tenant:acme,model:llama,tokens_in:%lu,tokens_out:%lu,ttft_ns:%lu,"
+                                "duration_ns:%lu,gpu_time_ns:%lu",
+                                r.tokens_in, r.tokens_out, r.ttft_ns, r.duration_ns, r.gpu_time_ns);
+    benchmark::DoNotOptimize(::send(sender, line, static_cast<std::size_t>(n), MSG_DONTWAIT));
+    if ((i & 255) == 0) {  // keep the receive buffer from filling (a full buffer makes send fail fast)
+      char sink[512];
+      while (::recv(receiver, sink, sizeof sink, MSG_DONTWAIT) > 0) {
+      }
+    }
+  }
+  ::close(sender);
+  ::close(receiver);
+}
+BENCHMARK(BM_StatsdUdpSend)->UseRealTime();
+
+void BM_LttngTracepoint(benchmark::State& state) {
+  std::uint64_t i = 0;
+  for (auto _ : state) {
+    const tally_request r = sample_request(i++);
+    tally_bench_lttng_request(1, r.tokens_in, r.tokens_out, r.ttft_ns, r.duration_ns, r.gpu_time_ns);
+  }
+}
+BENCHMARK(BM_LttngTracepoint)->UseRealTime();
+
+// ---- the agent's drain ------------------------------------------------------------------------------------------
+
+// One segment, one lane of 65536 records over 8 label sets: drain them all and fold them into histograms.
+void BM_AgentDrain(benchmark::State& state) {
+  constexpr std::uint32_t kRecords = 65536, kLabels = 8;
+  const shm::format::Layout l = shm::format::compute_layout(16, 1, kRecords);
+  std::vector<std::byte> storage(l.segment_size + 64);
+  auto* base = reinterpret_cast<std::byte*>((reinterpret_cast<std::uintptr_t>(storage.data()) + 63) & ~std::uintptr_t{63});
+  auto* h = reinterpret_cast<shm::format::Header*>(base);
+  *h = shm::format::Header{};
+  h->magic = shm::format::kMagic;
+  h->version = shm::format::kVersion;
+  h->header_size = sizeof(shm::format::Header);
+  h->segment_size = l.segment_size;
+  h->label_capacity = 16;
+  h->counter_count = shm::format::kCounterCount;
+  h->gauge_count = shm::format::kGaugeCount;
+  h->slot_count = 1;
+  h->lane_records = kRecords;
+  h->record_size = sizeof(shm::format::Record);
+  h->labels_offset = l.labels_offset;
+  h->names_offset = l.names_offset;
+  h->gauges_offset = l.gauges_offset;
+  h->overflow_offset = l.overflow_offset;
+  h->slots_offset = l.slots_offset;
+  h->slot_stride = l.slot_stride;
+  auto* entries = reinterpret_cast<shm::format::LabelEntry*>(base + l.labels_offset);
+  for (std::uint32_t k = 1; k <= kLabels; ++k) {
+    const std::string text = "tenant=t" + std::to_string(k);
+    std::memcpy(entries[k].text, text.data(), text.size());
+    entries[k].length = static_cast<std::uint32_t>(text.size());
+    entries[k].committed = 1;
+  }
+  h->label_count = kLabels + 1;
+  h->slots_used = 1;
+  auto* slot = reinterpret_cast<shm::format::SlotHeader*>(base + l.slots_offset);
+  auto* records = reinterpret_cast<shm::format::Record*>(base + l.slots_offset + l.records_in_slot);
+  auto reader = shm::SegmentReader::attach({base, l.segment_size});
+  if (!reader) {
+    state.SkipWithError(reader.error().message.c_str());
+    return;
+  }
+  std::vector<shm::RequestHistograms> histograms(kLabels + 1);
+  std::vector<shm::RequestEvent> events;
+  events.reserve(kRecords);
+  std::uint64_t head = 0, drained = 0;
+  for (auto _ : state) {
+    state.PauseTiming();  // the producer's part: publish a full lane
+    for (std::uint32_t i = 0; i < kRecords; ++i) {
+      const std::uint64_t seq = head + i;
+      const tally_request r = sample_request(seq * 2654435761u);
+      shm::format::Record& rec = records[seq & (kRecords - 1)];
+      rec.labels = 1 + static_cast<std::uint32_t>(seq % kLabels);
+      rec.tokens_in = r.tokens_in;
+      rec.tokens_out = r.tokens_out;
+      rec.ttft_ns = r.ttft_ns;
+      rec.duration_ns = r.duration_ns;
+      rec.gpu_time_ns = r.gpu_time_ns;
+      rec.commit = static_cast<std::uint32_t>(seq + 1);
+    }
+    head += kRecords;
+    slot->head = head;
+    state.ResumeTiming();
+    events.clear();
+    if (!reader->drain(events)) {
+      state.SkipWithError("drain failed");
+      return;
+    }
+    for (const auto& e : events) histograms[e.labels].fold(e);
+    drained += events.size();
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(drained));
+  state.counters["events_per_s"] =
+      benchmark::Counter(static_cast<double>(drained), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_AgentDrain)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// ---- summary --------------------------------------------------------------------------------------------------
+
+class SummaryReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const Run& run : runs) {
+      if (run.aggregate_name != "median") continue;
+      const double ns_per_iteration = run.GetAdjustedRealTime() *
+                                      (run.time_unit == benchmark::kMillisecond ? 1e6 : 1.0);
+      medians[run.run_name.str()] = ns_per_iteration;
+      if (run.counters.count("events_per_s")) events_per_s = run.counters.at("events_per_s").value;
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+  std::map<std::string, double> medians;
+  double events_per_s = 0;
+};
+
+double find(const std::map<std::string, double>& m, const std::string& prefix) {
+  for (const auto& [name, value] : m) {
+    if (name.rfind(prefix, 0) == 0) return value;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<char*> args(argv, argv + argc);
+  std::string repetitions = "--benchmark_repetitions=5";
+  std::string aggregates = "--benchmark_report_aggregates_only=true";
+  args.push_back(repetitions.data());
+  args.push_back(aggregates.data());
+  int count = static_cast<int>(args.size());
+  benchmark::Initialize(&count, args.data());
+  SummaryReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+
+  const auto& m = reporter.medians;
+  const double atomic1 = find(m, "BM_AtomicFetchAdd/real_time/threads:1");
+  const double atomic2 = find(m, "BM_AtomicFetchAdd/real_time/threads:2");
+  const double shared2 = find(m, "BM_AtomicSharedFetchAdd/real_time/threads:2");
+  const double add1 = find(m, "BM_TallyAdd/real_time/threads:1");
+  const double add2 = find(m, "BM_TallyAdd/real_time/threads:2");
+  const double rec1 = find(m, "BM_TallyRecord/real_time/threads:1");
+  const double rec2 = find(m, "BM_TallyRecord/real_time/threads:2");
+  const double udp = find(m, "BM_StatsdUdpSend");
+  const double lttng = find(m, "BM_LttngTracepoint");
+  bool lttng_live = false;
+#ifdef TALLY_BENCH_LTTNG
+  lttng_live = lttng_ust_tracepoint_enabled(tally_bench, request);
+#endif
+  auto row = [](const char* what, double ns, const std::string& ratio, const char* target, bool ok) {
+    std::printf("%-44s %10.2f ns  %-22s %-14s %s\n", what, ns, ratio.c_str(), target, ok ? "ok" : "MISSED");
+  };
+  auto x = [](double a, double b) { return b > 0 ? fmt::format("{:.2f}x atomic", a / b) : std::string("-"); };
+  std::printf("\nSummary (medians of 5 repetitions; per operation, per thread)\n");
+  std::printf("%-44s %13s  %-22s %-14s %s\n", "benchmark", "time", "ratio", "target", "");
+  row("atomic fetch_add, uncontended, 1 thread", atomic1, "1.00x (baseline)", "", true);
+  row("atomic fetch_add, uncontended, 2 threads", atomic2, x(atomic2, atomic1), "", true);
+  row("atomic fetch_add, one shared line, 2 threads", shared2, x(shared2, atomic1), "", true);
+  row("tally_add, 1 thread", add1, x(add1, atomic1), "<= 1.0x", add1 <= atomic1);
+  row("tally_add, 2 threads, same counter+labels", add2, x(add2, atomic1), "<= 1.0x", add2 <= atomic1);
+  row("tally_record, 1 thread", rec1, x(rec1, atomic1), "<= 1.5x", rec1 <= 1.5 * atomic1);
+  row("tally_record, 2 threads", rec2, x(rec2, atomic1), "<= 1.5x", rec2 <= 1.5 * atomic1);
+  row("statsd line over UDP loopback", udp, fmt::format("{:.0f}x tally_record", udp / rec1), ">= 100x",
+      udp >= 100 * rec1);
+  row(lttng_live ? "LTTng-UST tracepoint, live session" : "LTTng-UST tracepoint, NO SESSION (disabled)", lttng,
+      fmt::format("{:.1f}x tally_record", lttng / rec1), ">= 10x", lttng >= 10 * rec1);
+  std::printf("%-44s %10.1f M events/s (one core, histograms included)   target >= 30   %s\n", "agent drain",
+              reporter.events_per_s / 1e6, reporter.events_per_s >= 30e6 ? "ok" : "MISSED");
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,187 @@
+#pragma once
+// The shared-memory segment format, version 1: the one definition shared by the client library (writer) and the
+// agent's reader. docs/shm-format.md describes it for humans; change both together and bump kVersion on any
+// incompatible change.
+//
+// Who writes what (this is the whole concurrency contract):
+//  - the agent writes the header's layout fields once, at creation, and each lane's `tail`;
+//  - the client writes everything else: label sets, counter names, gauges, the overflow shard (atomic RMW),
+//    and per-thread slots, where each slot has exactly one writer thread at a time (single-writer stores, no lock
+//    prefix on the hot path);
+//  - the agent trusts nothing it reads: every index, size and count is checked (shm/segment_reader.cpp).
+//
+// All fields are little-endian fixed-width integers accessed through std::atomic_ref; every region is 64-byte
+// aligned so that no two writers share a cache line.
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace tally::shm::format {
+
+inline constexpr std::uint64_t kMagic = 0x314745534c4c4154ULL;  // "TALLYSG1" little-endian
+inline constexpr std::uint32_t kVersion = 1;
+inline constexpr std::uint64_t kControlMagic = 0x314c5443594c4c54ULL;  // "TLLYCTL1"
+
+inline constexpr std::uint32_t kCounterCount = 16;  // 8 built-in + 8 user-named (TALLY_COUNTER_LIMIT)
+inline constexpr std::uint32_t kBuiltinCounters = 8;
+inline constexpr std::uint32_t kGaugeCount = 8;
+inline constexpr std::uint32_t kLabelTextBytes = 248;
+inline constexpr std::uint32_t kCounterNameBytes = 32;
+
+// Bounds the agent enforces on the layout (and so on the work one segment can cause per drain).
+inline constexpr std::uint32_t kMaxLabelSets = 4096;
+inline constexpr std::uint32_t kMaxSlots = 1024;
+inline constexpr std::uint32_t kMinLaneRecords = 2;
+inline constexpr std::uint32_t kMaxLaneRecords = 1u << 16;
+
+// Segment header: 256 bytes at offset 0.
+struct Header {
+  // --- written by the agent at creation, read-only afterwards ---
+  std::uint64_t magic;
+  std::uint32_t version;
+  std::uint32_t header_size;      // sizeof(Header)
+  std::uint64_t segment_size;     // whole file, bytes
+  std::uint32_t label_capacity;   // label set table entries, index 0 unused (handle 0 = none)
+  std::uint32_t counter_count;    // kCounterCount
+  std::uint32_t gauge_count;      // kGaugeCount
+  std::uint32_t slot_count;       // per-thread slots
+  std::uint32_t lane_records;     // records per lane, a power of two
+  std::uint32_t record_size;      // sizeof(Record)
+  std::uint32_t producer_pid;     // from SO_PEERCRED
+  std::uint32_t producer_uid;
+  std::uint64_t producer_start_ticks;  // /proc/PID/stat field 22: tells a reused pid apart
+  std::uint64_t created_unix_ns;
+  std::uint64_t labels_offset;    // LabelEntry[label_capacity]
+  std::uint64_t names_offset;     // char[kCounterCount - kBuiltinCounters][kCounterNameBytes]
+  std::uint64_t gauges_offset;    // u64[label_capacity][kGaugeCount]
+  std::uint64_t overflow_offset;  // u64[label_capacity][kCounterCount], atomic RMW by threads without a slot
+  std::uint64_t slots_offset;     // Slot[slot_count], each slot_stride bytes
+  std::uint64_t slot_stride;
+  std::uint64_t budgets_offset;   // BudgetEntry[label_capacity], client-writable (atomic RMW): see BudgetEntry
+  char workload_name[64];         // what the client called itself (display only)
+  // --- written by the client ---
+  std::uint32_t label_count;         // label sets committed so far (entries 1..label_count-1 may be in use)
+  std::uint32_t user_counter_count;  // user-named counters registered
+  std::uint32_t slots_used;          // high-water mark of slots ever taken
+  std::uint32_t client_flags;
+  std::uint64_t overflow_dropped;    // events dropped by threads that found no free slot (atomic RMW)
+  std::uint8_t reserved[256 - 216];
+};
+static_assert(sizeof(Header) == 256);
+static_assert(offsetof(Header, workload_name) == 128);
+static_assert(offsetof(Header, label_count) == 192);
+
+// One interned label set: "key=value" pairs separated by '\n', `length` bytes, no NUL.
+struct LabelEntry {
+  std::uint32_t committed;  // 0 until text and length are written (release), then 1
+  std::uint32_t length;
+  char text[kLabelTextBytes];
+};
+static_assert(sizeof(LabelEntry) == 256);
+
+// One event (a finished request) in a lane.
+struct Record {
+  std::uint32_t commit;  // low 32 bits of (sequence + 1), stored (release) after the fields
+  std::uint32_t labels;
+  std::uint32_t status;
+  std::uint32_t tool_calls;
+  std::uint64_t tokens_in;
+  std::uint64_t tokens_out;
+  std::uint64_t ttft_ns;
+  std::uint64_t duration_ns;
+  std::uint64_t gpu_time_ns;
+  std::uint64_t reserved;
+};
+static_assert(sizeof(Record) == 64);
+
+// Room for the quota work, part of version 1 so the layout never has to move: per label set, what the client has
+// reserved against the allowance the agent grants in the control file (read-only to the client), and what it has
+// committed. Protocol: before work, a CAS loop raises `reserved` by the estimate only if
+// reserved + committed + estimate <= allowance; after the work, `committed` += actual cost and `reserved` -= the
+// estimate. Concurrent requests of one client therefore cannot overshoot the allowance; the agent still meters the
+// real cost from the counters and trusts these fields only as the client's own bookkeeping. Zero until used.
+struct BudgetEntry {
+  std::uint64_t reserved;
+  std::uint64_t committed;
+};
+static_assert(sizeof(BudgetEntry) == 16);
+
+// The start of each per-thread slot; counters (u64[label_capacity][kCounterCount]) follow at +kSlotHeaderSize,
+// then the lane's records (Record[lane_records]) at +kSlotHeaderSize + counters.
+struct SlotHeader {
+  // Ownership: 0 free, else the owning thread's tid. `generation` counts hand-overs, so a reader can tell a slot
+  // that changed owner between two drains; counters and the lane simply continue across owners.
+  std::uint32_t owner;
+  std::uint32_t generation;
+  std::uint8_t pad0[56];
+  // Producer line: written only by the owning thread.
+  std::uint64_t head;     // records published so far
+  std::uint64_t dropped;  // events that found the lane full
+  std::uint8_t pad1[48];
+  // Consumer line: written only by the agent.
+  std::uint64_t tail;  // records consumed so far
+  std::uint8_t pad2[56];
+};
+static_assert(sizeof(SlotHeader) == 192);
+inline constexpr std::uint64_t kSlotHeaderSize = sizeof(SlotHeader);
+
+// Control segment: written only by the agent, mapped read-only by the client (its fd is O_RDONLY), so that a
+// client cannot change what the agent decided.
+struct ControlHeader {
+  std::uint64_t magic;
+  std::uint32_t version;
+  std::uint32_t label_capacity;
+  std::uint64_t size;
+  std::uint64_t decisions_offset;   // u32[label_capacity]: decision | reason << 8
+  std::uint64_t allowances_offset;  // u64[label_capacity]: budget granted per label set (quota work, issue 5+)
+  std::uint8_t reserved[64 - 40];
+};
+static_assert(sizeof(ControlHeader) == 64);
+
+// Where each region starts for a given shape. Both sides compute it; the reader checks the header agrees.
+struct Layout {
+  std::uint64_t labels_offset, names_offset, gauges_offset, overflow_offset, budgets_offset, slots_offset, slot_stride;
+  std::uint64_t counters_in_slot, records_in_slot;  // offsets inside a slot
+  std::uint64_t segment_size;
+};
+
+constexpr std::uint64_t align64(std::uint64_t n) { return (n + 63) & ~std::uint64_t{63}; }
+
+constexpr Layout compute_layout(std::uint32_t label_capacity, std::uint32_t slot_count, std::uint32_t lane_records) {
+  Layout l{};
+  l.labels_offset = sizeof(Header);
+  l.names_offset = align64(l.labels_offset + std::uint64_t{label_capacity} * sizeof(LabelEntry));
+  l.gauges_offset = align64(l.names_offset + (kCounterCount - kBuiltinCounters) * kCounterNameBytes);
+  l.overflow_offset = align64(l.gauges_offset + std::uint64_t{label_capacity} * kGaugeCount * 8);
+  l.budgets_offset = align64(l.overflow_offset + std::uint64_t{label_capacity} * kCounterCount * 8);
+  l.slots_offset = align64(l.budgets_offset + std::uint64_t{label_capacity} * sizeof(BudgetEntry));
+  l.counters_in_slot = kSlotHeaderSize;
+  l.records_in_slot = align64(l.counters_in_slot + std::uint64_t{label_capacity} * kCounterCount * 8);
+  l.slot_stride = align64(l.records_in_slot + std::uint64_t{lane_records} * sizeof(Record));
+  l.segment_size = l.slots_offset + std::uint64_t{slot_count} * l.slot_stride;
+  return l;
+}
+
+constexpr std::uint64_t control_size(std::uint32_t label_capacity) {
+  return align64(sizeof(ControlHeader) + std::uint64_t{label_capacity} * 4) + std::uint64_t{label_capacity} * 8;
+}
+
+template <typename T>
+inline T load_relaxed(const T& field) {
+  return std::atomic_ref<T>(const_cast<T&>(field)).load(std::memory_order_relaxed);
+}
+template <typename T>
+inline T load_acquire(const T& field) {
+  return std::atomic_ref<T>(const_cast<T&>(field)).load(std::memory_order_acquire);
+}
+template <typename T>
+inline void store_relaxed(T& field, T value) {
+  std::atomic_ref<T>(field).store(value, std::memory_order_relaxed);
+}
+template <typename T>
+inline void store_release(T& field, T value) {
+  std::atomic_ref<T>(field).store(value, std::memory_order_release);
+}
+
+}  // namespace tally::shm::format
