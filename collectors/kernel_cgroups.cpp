@@ -1,0 +1,135 @@
+#include "collectors/kernel_cgroups.hpp"
+
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+namespace tally::collectors {
+namespace {
+
+std::optional<pid_t> parse_pid(std::string_view text) {
+  pid_t pid = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), pid);
+  if (ec != std::errc{} || end != text.data() + text.size() || pid <= 0) return std::nullopt;
+  return pid;
+}
+
+// Field 22 of /proc/PID/stat (starttime), after the parenthesised comm that may itself hold spaces.
+std::optional<std::uint64_t> start_ticks(pid_t pid, const std::filesystem::path& proc_root) {
+  std::ifstream in(proc_root / std::to_string(pid) / "stat");
+  std::string text;
+  if (!std::getline(in, text)) return std::nullopt;
+  const auto close = text.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  std::istringstream fields(text.substr(close + 2));
+  std::string field;
+  for (int i = 3; i < 22 && fields >> field; ++i) {
+  }
+  std::uint64_t ticks = 0;
+  if (!(fields >> ticks)) return std::nullopt;
+  return ticks;
+}
+
+}  // namespace
+
+Result<std::uint64_t> cgroup_id_of(const std::filesystem::path& path) {
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0) {
+    return make_error(ErrorCode::not_found, "{}: {}", path.string(), std::strerror(errno));
+  }
+  return static_cast<std::uint64_t>(st.st_ino);
+}
+
+std::optional<std::string> CgroupPaths::path_of(std::uint64_t id) {
+  if (auto it = paths_.find(id); it != paths_.end()) return it->second;
+  if (!walked_this_round_) walk();
+  if (auto it = paths_.find(id); it != paths_.end()) return it->second;
+  return std::nullopt;
+}
+
+void CgroupPaths::walk() {
+  walked_this_round_ = true;
+  std::map<std::uint64_t, std::string> paths;
+  std::error_code ec;
+  if (auto id = cgroup_id_of(root_)) paths[*id] = "/";
+  // Cgroups come and go while we walk: skip what vanished, never fail the walk.
+  auto options = std::filesystem::directory_options::skip_permission_denied;
+  for (auto it = std::filesystem::recursive_directory_iterator(root_, options, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    std::error_code type_error;
+    if (!it->is_directory(type_error) || it->is_symlink(type_error)) continue;
+    struct stat st{};
+    if (::stat(it->path().c_str(), &st) != 0) continue;
+    paths[static_cast<std::uint64_t>(st.st_ino)] = "/" + it->path().lexically_relative(root_).generic_string();
+  }
+  paths_ = std::move(paths);
+}
+
+void ProcessTable::apply(const KernelEvent& event) {
+  switch (event.type) {
+    case KernelEvent::Type::exec: cgroups_[event.pid] = event.cgroup_id; break;
+    case KernelEvent::Type::exit: cgroups_.erase(event.pid); break;
+    case KernelEvent::Type::device_open: cgroups_[event.pid] = event.cgroup_id; break;
+  }
+}
+
+std::optional<std::uint64_t> ProcessTable::cgroup_of(pid_t pid) const {
+  if (auto it = cgroups_.find(pid); it != cgroups_.end()) return it->second;
+  return std::nullopt;
+}
+
+std::optional<std::string> process_cgroup(pid_t pid, const std::filesystem::path& proc_root) {
+  std::ifstream in(proc_root / std::to_string(pid) / "cgroup");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.starts_with("0::")) return line.substr(3);
+  }
+  return std::nullopt;
+}
+
+std::optional<IoBytes> read_proc_io(pid_t pid, const std::filesystem::path& proc_root) {
+  std::ifstream in(proc_root / std::to_string(pid) / "io");
+  std::string key;
+  std::uint64_t value = 0;
+  IoBytes io;
+  bool read = false, written = false;
+  while (in >> key >> value) {
+    if (key == "rchar:") io.read_bytes = value, read = true;
+    if (key == "wchar:") io.write_bytes = value, written = true;
+  }
+  if (!read || !written) return std::nullopt;
+  return io;
+}
+
+std::map<std::string, IoBytes> ProcIoSampler::sample() {
+  std::map<std::string, IoBytes> per_cgroup;
+  std::map<pid_t, Seen> current;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator(proc_root_, ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    const auto pid = parse_pid(it->path().filename().string());
+    if (!pid) continue;
+    const auto ticks = start_ticks(*pid, proc_root_);
+    const auto io = read_proc_io(*pid, proc_root_);
+    const auto cgroup = process_cgroup(*pid, proc_root_);
+    if (!ticks || !io || !cgroup) continue;  // exited meanwhile, or a kernel thread without io accounting
+    IoBytes delta = *io;
+    if (auto seen = previous_.find(*pid); seen != previous_.end() && seen->second.start_ticks == *ticks) {
+      delta.read_bytes = io->read_bytes >= seen->second.io.read_bytes ? io->read_bytes - seen->second.io.read_bytes : 0;
+      delta.write_bytes =
+          io->write_bytes >= seen->second.io.write_bytes ? io->write_bytes - seen->second.io.write_bytes : 0;
+    }
+    IoBytes& sum = per_cgroup[*cgroup];
+    sum.read_bytes += delta.read_bytes;
+    sum.write_bytes += delta.write_bytes;
+    current[*pid] = Seen{*ticks, *io};
+  }
+  previous_ = std::move(current);
+  return per_cgroup;
+}
+
+}  // namespace tally::collectors

@@ -1,0 +1,160 @@
+// tallyd with its eBPF probes, end to end: kernel usage of a workload in a test cgroup reaches the feed under the
+// workload's identity; the Heartbeat says whether probes run; without BPF privileges the agent warns once and
+// samples /proc instead; and whether tallyd stops (SIGTERM) or is killed (SIGKILL), no program or link of its
+// stays in the kernel. Needs root and BPF; skips with the reason otherwise.
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <set>
+#include <string>
+
+#include <bpf/bpf.h>
+#include <gtest/gtest.h>
+
+#include "collectors/bpf_probes.hpp"
+#include "collectors/workload_identity.hpp"
+#include "tests/ebpf/test_cgroup.hpp"
+#include "tests/support/deadline.hpp"
+#include "tests/support/feed_subscriber.hpp"
+#include "tests/support/tallyd_process.hpp"
+#include "tests/support/temp_dir.hpp"
+
+namespace tally::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr const char* kWorkload = TALLY_EBPF_WORKLOAD;
+
+std::string skip_reason() {
+  if (::geteuid() != 0) return "needs root (CAP_BPF and write access to the cgroup v2 hierarchy)";
+  if (auto support = collectors::check_bpf_support(); !support) return "no BPF here: " + support.error().message;
+  if (!cgroup2_root()) return "no cgroup v2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified";
+  return "";
+}
+
+// The programs tallyd attaches: the task iterator, fork, exec, exit, skb ingress and egress, device, and socket
+// bytes through sock_send_length and sock_recv_length (Linux 6.3+) or the one sys_exit fallback.
+std::size_t expected_programs() { return collectors::kernel_has_socket_length_tracepoints() ? 9 : 8; }
+
+class TallydProbesTest : public ::testing::TestWithParam<int> {
+ protected:
+  void SetUp() override {
+    if (const auto reason = skip_reason(); !reason.empty()) GTEST_SKIP() << reason;
+  }
+};
+
+TEST_P(TallydProbesTest, NothingStaysAttachedAfterTheAgentGoes) {
+  TallydProcess tallyd(test_config());
+  ASSERT_TRUE(tallyd.wait_ready()) << tallyd.process().stderr_text();
+  const BpfObjects held = bpf_objects_of(tallyd.process().pid());
+  // Each program through its own link, the task iterator's included.
+  ASSERT_EQ(held.links.size(), expected_programs()) << tallyd.process().stderr_text();
+  ASSERT_GE(held.programs.size(), expected_programs());
+  for (std::uint32_t id : held.programs) EXPECT_TRUE(bpf_program_exists(id));
+
+  tallyd.process().signal(GetParam());
+  ASSERT_TRUE(tallyd.process().wait(20s));
+  // The kernel frees links and programs once the last fd is gone, after an RCU grace period: poll.
+  EXPECT_TRUE(wait_until([&] {
+    for (std::uint32_t id : held.links) {
+      if (bpf_link_exists(id)) return false;
+    }
+    for (std::uint32_t id : held.programs) {
+      if (bpf_program_exists(id)) return false;
+    }
+    return true;
+  })) << "a BPF link or program of tallyd outlived it";
+}
+
+INSTANTIATE_TEST_SUITE_P(Signals, TallydProbesTest, ::testing::Values(SIGTERM, SIGKILL),
+                         [](const auto& signal_info) { return signal_info.param == SIGTERM ? "SIGTERM" : "SIGKILL"; });
+
+class TallydKernelUsageTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (const auto reason = skip_reason(); !reason.empty()) GTEST_SKIP() << reason;
+    root_ = *cgroup2_root();
+    parent_ = std::make_unique<TestCgroupParent>(root_);
+  }
+
+  // Runs the io workload in a fresh cgroup and sums the kernel usage the feed reports for its workload until
+  // it covers the bytes written; returns the last matching WorkloadUsage.
+  std::optional<v1::KernelUsage> run_io_workload(const std::string& endpoint, std::uint64_t bytes) {
+    FeedSubscriber feed(endpoint, "usage");
+    const auto cgroup = parent_->make_child("feed-io");
+    const std::string workload_id = collectors::identify_cgroup("/" + cgroup.lexically_relative(root_).string()).id;
+    TempDir dir;
+    CgroupProcess workload(cgroup, {kWorkload, "io", (dir / "data").string(), std::to_string(bytes)});
+    EXPECT_EQ(workload.read_line(20s), "io done");
+    v1::KernelUsage total;
+    const auto found = feed.receive_until(
+        [&](const FeedMessage& message) {
+          for (const auto& w : message.envelope.usage().workloads()) {
+            if (w.workload_id() != workload_id) continue;
+            total.set_source(w.kernel().source());
+            total.set_source_reason(w.kernel().source_reason());
+            total.set_io_write_bytes(total.io_write_bytes() + w.kernel().io_write_bytes());
+            total.set_io_read_bytes(total.io_read_bytes() + w.kernel().io_read_bytes());
+          }
+          return total.io_write_bytes() >= bytes && total.io_read_bytes() >= bytes;
+        },
+        20s);
+    if (!found) return std::nullopt;
+    return total;
+  }
+
+  std::filesystem::path root_;
+  std::unique_ptr<TestCgroupParent> parent_;
+};
+
+TEST_F(TallydKernelUsageTest, TracedIoOfAWorkloadReachesTheFeed) {
+  TallydProcess tallyd(test_config());
+  const auto endpoint = tallyd.wait_ready();
+  ASSERT_TRUE(endpoint) << tallyd.process().stderr_text();
+  FeedSubscriber heartbeats(*endpoint, "heartbeat");
+  const auto heartbeat = heartbeats.receive(20s);
+  ASSERT_TRUE(heartbeat);
+  EXPECT_EQ(heartbeat->envelope.heartbeat().probes().state(), v1::ProbeState::STATE_ATTACHED);
+  EXPECT_EQ(static_cast<std::size_t>(heartbeat->envelope.heartbeat().probes().programs_size()), expected_programs());
+
+  const auto usage = run_io_workload(*endpoint, 1 << 20);
+  ASSERT_TRUE(usage) << tallyd.process().stderr_text();
+  EXPECT_EQ(usage->source(), v1::KernelUsage::SOURCE_TRACED);
+  EXPECT_TRUE(usage->source_reason().empty());
+}
+
+TEST_F(TallydKernelUsageTest, WithoutBpfPrivilegesTheAgentWarnsOnceAndSamples) {
+  // Root, but without CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN and CAP_NET_ADMIN: as under a too-strict unit file.
+  const std::string setpriv = "/usr/bin/setpriv";
+  if (!std::filesystem::exists(setpriv)) GTEST_SKIP() << "needs setpriv (util-linux) to drop capabilities";
+  TempDir dir;
+  dir.write("tally.toml", test_config());
+  Process tallyd({setpriv, "--inh-caps=-bpf,-perfmon,-sys_admin,-net_admin",
+                  "--bounding-set=-bpf,-perfmon,-sys_admin,-net_admin", "--", TALLYD_PATH, "--config",
+                  (dir / "tally.toml").string()},
+                 {{"JOURNAL_STREAM", ""}});
+  ASSERT_TRUE(tallyd.wait_for_stderr("feed bound to ", 20s)) << tallyd.stderr_text();
+  const std::string log = tallyd.stderr_text();
+  const auto warning = log.find("probes off: ");
+  ASSERT_NE(warning, std::string::npos) << log;
+  EXPECT_EQ(log.find("probes off: ", warning + 1), std::string::npos) << "warned more than once:\n" << log;
+  EXPECT_NE(log.find("CAP_BPF", warning), std::string::npos) << log;
+
+  const auto bound = log.find("feed bound to ");
+  const std::string endpoint = log.substr(bound + 14, log.find_first_of(";, \n", bound + 14) - bound - 14);
+  FeedSubscriber heartbeats(endpoint, "heartbeat");
+  const auto heartbeat = heartbeats.receive(20s);
+  ASSERT_TRUE(heartbeat);
+  EXPECT_EQ(heartbeat->envelope.heartbeat().probes().state(), v1::ProbeState::STATE_OFF);
+  EXPECT_NE(heartbeat->envelope.heartbeat().probes().reason().find("CAP_BPF"), std::string::npos);
+
+  const auto usage = run_io_workload(endpoint, 1 << 20);
+  ASSERT_TRUE(usage) << tallyd.stderr_text();
+  EXPECT_EQ(usage->source(), v1::KernelUsage::SOURCE_SAMPLED);
+  EXPECT_NE(usage->source_reason().find("CAP_BPF"), std::string::npos) << usage->source_reason();
+}
+
+}  // namespace
+}  // namespace tally::test

@@ -1,0 +1,71 @@
+#pragma once
+// Test cgroups and processes started inside them, for the eBPF tests. Every cgroup a test makes lives under one
+// parent, <cgroup2 root>/tally-test-<pid>, made by TestCgroupParent and removed with everything in it.
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "tests/support/process.hpp"
+
+namespace tally::test {
+
+// Where cgroup v2 is mounted: /sys/fs/cgroup (pure v2) or /sys/fs/cgroup/unified (hybrid); nullopt if neither.
+std::optional<std::filesystem::path> cgroup2_root();
+
+// <root>/tally-test-<pid>: made on construction, removed (with its children) on destruction.
+class TestCgroupParent {
+ public:
+  explicit TestCgroupParent(const std::filesystem::path& root);
+  ~TestCgroupParent();
+  TestCgroupParent(const TestCgroupParent&) = delete;
+  TestCgroupParent& operator=(const TestCgroupParent&) = delete;
+  // Makes the child cgroup `name` and returns its path.
+  std::filesystem::path make_child(const std::string& name) const;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// A process started with clone3(CLONE_INTO_CGROUP): in `cgroup` from its first instruction, so its /proc/PID/io
+// and the cgroup's counters cover exactly the same work. stdin and stdout are pipes; closing stdin tells the
+// workload to exit. Killed (by its pid) and reaped on destruction.
+class CgroupProcess {
+ public:
+  CgroupProcess(const std::filesystem::path& cgroup, std::vector<std::string> argv);
+  ~CgroupProcess();
+  CgroupProcess(const CgroupProcess&) = delete;
+  CgroupProcess& operator=(const CgroupProcess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  // The next complete stdout line, or nullopt when the deadline passes or the process closed stdout first.
+  std::optional<std::string> read_line(std::chrono::milliseconds deadline);
+  void close_stdin();
+  std::optional<ExitStatus> wait(std::chrono::milliseconds deadline);
+
+ private:
+  pid_t pid_ = -1;
+  int stdin_fd_ = -1;
+  int stdout_fd_ = -1;
+  std::string buffered_;
+  std::optional<ExitStatus> status_;
+};
+
+struct BpfObjects {
+  std::set<std::uint32_t> programs;
+  std::set<std::uint32_t> links;
+};
+
+// The BPF programs and links a process holds through its fds, from /proc/PID/fdinfo (prog_id, link_id lines):
+// unlike a walk over all programs, this never confuses ours with those of another test running at the same time.
+BpfObjects bpf_objects_of(pid_t pid);
+bool bpf_program_exists(std::uint32_t id);
+bool bpf_link_exists(std::uint32_t id);
+
+}  // namespace tally::test
