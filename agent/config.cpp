@@ -53,6 +53,15 @@ class SchemaReader {
     return {};
   }
 
+  Result<void> read_bool(const toml::table& table, std::string_view section, std::string_view key,
+                         bool& out) const {
+    const toml::node* node = table.get(key);
+    if (node == nullptr) return {};
+    if (!node->is_boolean()) return error_at(node->source(), full(section, key), "expected true or false");
+    out = node->as_boolean()->get();
+    return {};
+  }
+
   Result<void> read_uint(const toml::table& table, std::string_view section, std::string_view key,
                          std::uint32_t minimum, std::uint32_t maximum, std::uint32_t& out) const {
     const toml::node* node = table.get(key);
@@ -134,6 +143,82 @@ Result<void> read_feed(const SchemaReader& reader, const toml::table& table, Fee
   return {};
 }
 
+Result<void> read_topology(const SchemaReader& reader, const toml::table& table, TopologySection& topology) {
+  TALLY_TRY(reader.reject_unknown(table, "topology", {"nvml_library"}));
+  TALLY_TRY(reader.read_string(table, "topology", "nvml_library", topology.nvml_library));
+  const std::string& library = topology.nvml_library;
+  // A relative path with a '/' would depend on tallyd's working directory.
+  if (library.find('/') != std::string::npos && library.front() != '/') {
+    return reader.error_at(table.get("nvml_library")->source(), "topology.nvml_library",
+                           "expected a library name (libnvidia-ml.so.1), an absolute path, or \"\" for no NVML");
+  }
+  return {};
+}
+
+Result<void> read_probes(const SchemaReader& reader, const toml::table& table, ProbesSection& probes) {
+  TALLY_TRY(reader.reject_unknown(table, "probes", {"enabled"}));
+  return reader.read_bool(table, "probes", "enabled", probes.enabled);
+}
+
+Result<void> read_tenant_rules(const SchemaReader& reader, const toml::table& table,
+                               std::vector<TenantRule>& rules) {
+  const toml::node* node = table.get("tenant_rules");
+  if (node == nullptr) return {};
+  if (!node->is_array()) return reader.error_at(node->source(), "metering.tenant_rules", "expected an array of tables");
+  const toml::array& array = *node->as_array();
+  for (std::size_t i = 0; i < array.size(); ++i) {
+    const std::string key = fmt::format("metering.tenant_rules[{}]", i);
+    if (!array[i].is_table()) return reader.error_at(array[i].source(), key, "expected a table");
+    const toml::table& rule_table = *array[i].as_table();
+    TALLY_TRY(reader.reject_unknown(rule_table, key, {"uid", "cgroup_prefix", "tenants"}));
+    TenantRule rule;
+    if (const toml::node* uid = rule_table.get("uid")) {
+      if (!uid->is_integer() || uid->as_integer()->get() < 0 || uid->as_integer()->get() > 0xfffffffe) {
+        return reader.error_at(uid->source(), key + ".uid", "expected a uid (0 to 4294967294)");
+      }
+      rule.uid = static_cast<std::uint32_t>(uid->as_integer()->get());
+    }
+    TALLY_TRY(reader.read_string(rule_table, key, "cgroup_prefix", rule.cgroup_prefix));
+    if (!rule.uid && rule.cgroup_prefix.empty()) {
+      return reader.error_at(rule_table.source(), key, "needs uid or cgroup_prefix");
+    }
+    const toml::node* tenants = rule_table.get("tenants");
+    if (tenants == nullptr || !tenants->is_array()) {
+      return reader.error_at(tenants ? tenants->source() : rule_table.source(), key + ".tenants",
+                             "expected an array of tenant names");
+    }
+    for (const auto& t : *tenants->as_array()) {
+      if (!t.is_string()) return reader.error_at(t.source(), key + ".tenants", "expected a string");
+      rule.tenants.push_back(t.as_string()->get());
+    }
+    rules.push_back(std::move(rule));
+  }
+  return {};
+}
+
+Result<void> read_metering(const SchemaReader& reader, const toml::table& table, MeteringSection& m) {
+  TALLY_TRY(reader.reject_unknown(table, "metering",
+                                  {"enabled", "socket", "runtime_dir", "state_dir", "drain_interval_ms", "retention_s",
+                                   "lane_records", "slots", "label_sets", "tenant_rules"}));
+  TALLY_TRY(reader.read_bool(table, "metering", "enabled", m.enabled));
+  TALLY_TRY(reader.read_string(table, "metering", "socket", m.socket));
+  TALLY_TRY(reader.read_string(table, "metering", "runtime_dir", m.runtime_dir));
+  TALLY_TRY(reader.read_string(table, "metering", "state_dir", m.state_dir));
+  TALLY_TRY(reader.read_uint(table, "metering", "drain_interval_ms", 1, 60'000, m.drain_interval_ms));
+  TALLY_TRY(reader.read_uint(table, "metering", "retention_s", 0, 30 * 86'400, m.retention_s));
+  TALLY_TRY(reader.read_uint(table, "metering", "lane_records", 2, 65'536, m.lane_records));
+  TALLY_TRY(reader.read_uint(table, "metering", "slots", 1, 1024, m.slots));
+  TALLY_TRY(reader.read_uint(table, "metering", "label_sets", 2, 4096, m.label_sets));
+  for (std::string_view key : {"socket", "runtime_dir", "state_dir"}) {
+    const toml::node* node = table.get(key);
+    const std::string& value = key == "socket" ? m.socket : key == "runtime_dir" ? m.runtime_dir : m.state_dir;
+    if (node != nullptr && (value.empty() || value.front() != '/')) {
+      return reader.error_at(node->source(), fmt::format("metering.{}", key), "expected an absolute path");
+    }
+  }
+  return read_tenant_rules(reader, table, m.tenant_rules);
+}
+
 bool parse_port(std::string_view text, unsigned& port) {
   const auto* end = text.data() + text.size();
   auto [ptr, ec] = std::from_chars(text.data(), end, port);
@@ -200,7 +285,7 @@ Result<Config> parse_config(std::string_view toml_text, std::string_view source_
   }
   const SchemaReader reader(source_name);
   Config config;
-  TALLY_TRY(reader.reject_unknown(root, "", {"agent", "feed"}));
+  TALLY_TRY(reader.reject_unknown(root, "", {"agent", "feed", "probes", "metering", "topology"}));
 
   auto agent = reader.section(root, "agent");
   if (!agent) return agent.error();
@@ -209,6 +294,18 @@ Result<Config> parse_config(std::string_view toml_text, std::string_view source_
   auto feed = reader.section(root, "feed");
   if (!feed) return feed.error();
   if (*feed) TALLY_TRY(read_feed(reader, **feed, config.feed));
+
+  auto probes = reader.section(root, "probes");
+  if (!probes) return probes.error();
+  if (*probes) TALLY_TRY(read_probes(reader, **probes, config.probes));
+
+  auto metering = reader.section(root, "metering");
+  if (!metering) return metering.error();
+  if (*metering) TALLY_TRY(read_metering(reader, **metering, config.metering));
+
+  auto topology = reader.section(root, "topology");
+  if (!topology) return topology.error();
+  if (*topology) TALLY_TRY(read_topology(reader, **topology, config.topology));
   return config;
 }
 

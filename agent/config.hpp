@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -31,9 +32,50 @@ struct FeedSection {
   bool operator==(const FeedSection&) const = default;
 };
 
+// eBPF probes (docs/ebpf.md). When they cannot run here the agent warns once and samples /proc/PID/io instead.
+struct ProbesSection {
+  bool enabled = true;
+  bool operator==(const ProbesSection&) const = default;
+};
+
+// Who may claim which tenants in their label sets: a client matching a rule (by uid, or by a cgroup path prefix)
+// may only claim the tenants of the rules it matches ("*": any). A client matching no rule is unrestricted.
+struct TenantRule {
+  std::optional<std::uint32_t> uid;
+  std::string cgroup_prefix;
+  std::vector<std::string> tenants;
+  bool operator==(const TenantRule&) const = default;
+};
+
+// Workload metering over shared memory (docs/shm-format.md, docs/workload-integration.md).
+struct MeteringSection {
+  bool enabled = true;
+  std::string socket = "/run/tally/tally.sock";   // where clients register
+  std::string runtime_dir = "/run/tally";         // segments live in <runtime_dir>/segments (tmpfs)
+  std::string state_dir = "/var/lib/tally";       // checkpoint of cumulative totals
+  std::uint32_t drain_interval_ms = 100;
+  std::uint32_t retention_s = 3600;               // how long an exited workload stays in reports
+  std::uint32_t lane_records = 1024;              // default events per thread lane (clients may ask for 2..65536)
+  std::uint32_t slots = 64;                       // default per-thread slots per client
+  std::uint32_t label_sets = 256;                 // default label sets per client
+  std::vector<TenantRule> tenant_rules;
+  bool operator==(const MeteringSection&) const = default;
+};
+
+// Topology discovery (docs/topology.md).
+struct TopologySection {
+  // NVML library tallyd dlopen()s: a soname searched like the dynamic linker does, or an absolute path.
+  // Empty: do not load NVML (GPUs are still found by PCI class).
+  std::string nvml_library = "libnvidia-ml.so.1";
+  bool operator==(const TopologySection&) const = default;
+};
+
 struct Config {
   AgentSection agent;
   FeedSection feed;
+  ProbesSection probes;
+  MeteringSection metering;
+  TopologySection topology;
   bool operator==(const Config&) const = default;
 };
 

@@ -1,7 +1,10 @@
 #include "agent/daemon.hpp"
 
+#include <sys/epoll.h>
+
 #include <csignal>
 #include <chrono>
+#include <cstring>
 #include <memory>
 
 #include <fmt/ranges.h>
@@ -12,8 +15,12 @@
 #include "agent/feed_publisher.hpp"
 #include "agent/logging.hpp"
 #include "agent/self_usage.hpp"
+#include "agent/usage_meter.hpp"
 #include "agent/version.hpp"
-#include "collectors/node_summary.hpp"
+#include "collectors/kernel_usage.hpp"
+#include "collectors/topology.hpp"
+#include "collectors/topology_proto.hpp"
+#include "collectors/topology_watch.hpp"
 
 namespace tally::agent {
 namespace {
@@ -46,6 +53,9 @@ class Daemon {
     signal_sources_.push_back(std::move(*interrupt));
     signal_sources_.push_back(std::move(*hangup));
 
+    watch_devices();
+    start_probes();
+    start_metering();
     publish_topology();
     // READY=1 only now: the feed socket is bound and accepts subscribers.
     sd_notifyf(0, "READY=1\nSTATUS=%s", status_line().c_str());
@@ -64,6 +74,7 @@ class Daemon {
     if (!config_.feed.connect.empty()) line += fmt::format("feed connecting to {}; ", fmt::join(config_.feed.connect, ", "));
     line += fmt::format("heartbeat every {} ms; usage every {} ms; config generation {}",
                         config_.feed.heartbeat_interval_ms, config_.feed.usage_interval_ms, config_generation_);
+    if (meter_) line += "; " + meter_->status();
     return line;
   }
 
@@ -88,6 +99,7 @@ class Daemon {
     heartbeat->set_uptime_ns(static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - started_).count()));
     heartbeat->set_config_generation(config_generation_);
+    if (kernel_) *heartbeat->mutable_probes() = kernel_->probe_state();
     publisher_->publish(envelope);
   }
 
@@ -98,18 +110,122 @@ class Daemon {
     usage->set_interval_start_unix_ns(interval_start_ns_);
     usage->set_interval_end_unix_ns(now);
     usage->set_final(final);
+    if (meter_) meter_->report(*usage);
+    add_kernel_usage(*usage);
     interval_start_ns_ = now;
     publisher_->publish(envelope);
   }
 
   void publish_topology() {
-    const collectors::NodeSummary node = collectors::read_node_summary();
+    collectors::DiscoveryOptions discovery;
+    // The default library is looked for quietly (a node without NVIDIA GPUs has none); one the operator named
+    // is expected to load, and a failure to do so is a warning.
+    if (config_.topology.nvml_library != collectors::kDefaultNvmlLibrary) {
+      discovery.nvml_library = config_.topology.nvml_library;
+    }
+    discovery.use_nvml = !config_.topology.nvml_library.empty();
+    auto topology = collectors::discover_topology(discovery);
+    if (!topology) {
+      spdlog::error("topology: not published: {}", topology.error().message);
+      return;
+    }
     v1::Envelope envelope;
-    v1::Topology* topology = envelope.mutable_topology();
-    topology->set_cpu_count(node.cpu_count);
-    topology->set_numa_node_count(node.numa_node_count);
-    topology->set_memory_bytes(node.memory_bytes);
+    collectors::to_proto(*topology, *envelope.mutable_topology());
     publisher_->publish(envelope);
+  }
+
+  // Republishes the topology when a PCI function, a network interface or an RDMA device appears or disappears:
+  // kernel uevents on a netlink socket (docs/topology.md). One hot-plug emits a burst of events (add, bind,
+  // driver nodes), so a one-shot timer coalesces a burst into one publication.
+  void watch_devices() {
+    auto monitor = collectors::DeviceEventMonitor::open();
+    if (!monitor) {
+      spdlog::warn("topology: device changes are not watched: {}", monitor.error().message);
+      return;
+    }
+    sd_event_source* timer = nullptr;
+    const int added = sd_event_add_time_relative(
+        loop_->native(), &timer, CLOCK_MONOTONIC, kDeviceSettleUsec, 0,
+        [](sd_event_source*, std::uint64_t, void* daemon) {
+          static_cast<Daemon*>(daemon)->publish_topology();
+          return 0;
+        },
+        this);
+    if (added < 0) {
+      spdlog::warn("topology: device changes are not watched: sd_event_add_time_relative: {}", std::strerror(-added));
+      return;
+    }
+    device_settle_timer_.reset(timer);
+    sd_event_source_set_enabled(timer, SD_EVENT_OFF);
+    device_monitor_ = std::make_unique<collectors::DeviceEventMonitor>(std::move(*monitor));
+    auto source = loop_->add_io(device_monitor_->fd(), EPOLLIN, [this](std::uint32_t) {
+      if (!device_monitor_->drain()) return;
+      sd_event_source_set_time_relative(device_settle_timer_.get(), kDeviceSettleUsec);
+      sd_event_source_set_enabled(device_settle_timer_.get(), SD_EVENT_ONESHOT);
+    });
+    if (!source) {
+      spdlog::warn("topology: device changes are not watched: {}", source.error().message);
+      device_monitor_.reset();
+      return;
+    }
+    device_events_ = std::move(*source);
+  }
+
+  // eBPF probes (docs/ebpf.md): one warning when they cannot run here; kernel usage is then sampled from /proc.
+  void start_probes() {
+    kernel_ = collectors::KernelUsageCollector::start(config_.probes.enabled);
+    const v1::ProbeState& state = kernel_->probe_state();
+    if (state.state() == v1::ProbeState::STATE_OFF) {
+      spdlog::warn("probes off: {}; IO is sampled from /proc/PID/io instead (bytes of exited processes are missed)",
+                   state.reason());
+    } else if (state.state() == v1::ProbeState::STATE_ATTACHED) {
+      spdlog::info("probes attached: {}", fmt::join(state.programs(), ", "));
+    }
+    if (kernel_->events_fd() < 0) return;
+    auto source = loop_->add_io(kernel_->events_fd(), EPOLLIN, [this](std::uint32_t) { kernel_->consume_events(); });
+    if (!source) {
+      spdlog::warn("probes: exec/exit/device events are not watched: {}", source.error().message);
+      return;
+    }
+    kernel_events_ = std::move(*source);
+  }
+
+  // Adds each workload's kernel usage to its WorkloadUsage entry (made here when no other source reported it).
+  void add_kernel_usage(v1::UsageReport& usage) {
+    if (!kernel_) return;
+    for (auto& [workload_id, kernel] : kernel_->collect()) {
+      v1::WorkloadUsage* entry = nullptr;
+      for (auto& existing : *usage.mutable_workloads()) {
+        if (existing.workload_id() == workload_id) entry = &existing;
+      }
+      if (entry == nullptr) {
+        entry = usage.add_workloads();
+        entry->set_workload_id(workload_id);
+      }
+      *entry->mutable_kernel() = std::move(kernel);
+    }
+  }
+
+  // Workload metering (docs/workload-integration.md): a failure here leaves the rest of the agent running, loudly.
+  // Its [metering] keys take effect at the next start, not on reload.
+  void start_metering() {
+    if (!config_.metering.enabled) return;
+    auto meter = UsageMeter::start(config_.metering);
+    if (!meter) {
+      spdlog::error("metering off: {}", meter.error().message);
+      return;
+    }
+    auto io = loop_->add_io((*meter)->registration_fd(), EPOLLIN, [this](std::uint32_t) {
+      meter_->on_registration_readable();
+    });
+    auto tick = loop_->add_periodic(milliseconds(config_.metering.drain_interval_ms), [this] { meter_->drain(); });
+    if (!io || !tick) {
+      spdlog::error("metering off: {}", !io ? io.error().message : tick.error().message);
+      return;
+    }
+    meter_ = std::move(*meter);
+    metering_io_ = std::move(*io);
+    metering_timer_ = std::move(*tick);
   }
 
   void reload() {
@@ -164,7 +280,16 @@ class Daemon {
   std::uint64_t interval_start_ns_;
   std::uint32_t config_generation_ = 1;
   EventSource heartbeat_timer_, usage_timer_;
+  static constexpr std::uint64_t kDeviceSettleUsec = 200'000;  // quiet time after the last device event
+  std::unique_ptr<collectors::DeviceEventMonitor> device_monitor_;
+  EventSource device_events_, device_settle_timer_;
   std::vector<EventSource> signal_sources_;
+  // Destroyed before the loop: the ring buffer's event source first, then the probes (which detaches them all).
+  std::unique_ptr<collectors::KernelUsageCollector> kernel_;
+  EventSource kernel_events_;
+  // Workload metering over shared memory (docs/shm-format.md). Its sources go before it.
+  std::unique_ptr<UsageMeter> meter_;
+  EventSource metering_io_, metering_timer_;
 };
 
 }  // namespace

@@ -10,6 +10,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int exit_status = 0;
   tally::agent::add_watch_command(app, exit_status);
+  tally::agent::add_top_command(app, exit_status);
+  tally::agent::add_topo_command(app, exit_status);
   CLI11_PARSE(app, argc, argv);
   return exit_status;
 }

@@ -3,8 +3,8 @@ add_library(tally_build_options INTERFACE)
 add_library(tally::build_options ALIAS tally_build_options)
 
 target_compile_options(tally_build_options INTERFACE
-  -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Wcast-align
-  $<$<COMPILE_LANGUAGE:CXX>:-Wold-style-cast -Woverloaded-virtual>
+  -Wall -Wextra -Wpedantic -Wshadow -Wcast-align
+  $<$<COMPILE_LANGUAGE:CXX>:-Wnon-virtual-dtor -Wold-style-cast -Woverloaded-virtual>
   $<$<BOOL:${TALLY_WERROR}>:-Werror>)
 
 if(TALLY_SANITIZE)

@@ -14,6 +14,7 @@ packages=(
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libclang-rt-14-dev libfuzzer-14-dev
+  liblttng-ust-dev lttng-tools
   python3 python3-zmq python3-protobuf util-linux procps iproute2
 )
 

@@ -159,5 +159,43 @@ TEST(Config, UnreadableFileIsAnError) {
   EXPECT_NE(config.error().message.find("a-directory.toml"), std::string::npos) << config.error().message;
 }
 
+TEST(Config, ProbesSection) {
+  EXPECT_TRUE(parse_config("", "test.toml")->probes.enabled);
+  auto off = parse_config("[probes]\nenabled = false\n", "test.toml");
+  ASSERT_TRUE(off.has_value()) << off.error().message;
+  EXPECT_FALSE(off->probes.enabled);
+  EXPECT_NE(parse_error("[probes]\nenabled = \"yes\"\n").find("test.toml:2:11: probes.enabled: expected true or false"),
+            std::string::npos)
+      << parse_error("[probes]\nenabled = \"yes\"\n");
+  EXPECT_NE(parse_error("[probes]\nkprobes = true\n").find("probes.kprobes: unknown key"), std::string::npos);
+  EXPECT_NE(parse_error("probes = 1\n").find("probes: expected a table"), std::string::npos);
+}
+
+// [topology] (issue 5): which NVML library tallyd loads.
+TEST(ConfigTopology, DefaultsToTheDriversSoname) {
+  auto config = parse_config("", "test.toml");
+  ASSERT_TRUE(config.has_value()) << config.error().message;
+  EXPECT_EQ(config->topology.nvml_library, "libnvidia-ml.so.1");
+}
+
+TEST(ConfigTopology, AcceptsAnAbsolutePathASonameOrNothing) {
+  for (const std::string value : {"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1", "libnvidia-ml.so.1", ""}) {
+    auto config = parse_config("[topology]\nnvml_library = \"" + value + "\"\n", "test.toml");
+    ASSERT_TRUE(config.has_value()) << config.error().message;
+    EXPECT_EQ(config->topology.nvml_library, value);
+  }
+}
+
+TEST(ConfigTopology, RejectsARelativePathNamingTheKeyAndLine) {
+  const std::string message = parse_error("[topology]\nnvml_library = \"lib/libnvidia-ml.so.1\"\n");
+  EXPECT_NE(message.find("topology.nvml_library"), std::string::npos) << message;
+  EXPECT_NE(message.find("test.toml:2"), std::string::npos) << message;
+}
+
+TEST(ConfigTopology, RejectsUnknownKeysAndWrongTypes) {
+  EXPECT_NE(parse_error("[topology]\nnvml = \"x\"\n").find("topology.nvml"), std::string::npos);
+  EXPECT_NE(parse_error("[topology]\nnvml_library = 1\n").find("expected a string"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace tally::agent

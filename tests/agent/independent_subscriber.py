@@ -39,7 +39,7 @@ class IndependentSubscriber(unittest.TestCase):
         config = os.path.join(self.tmp.name, "tally.toml")
         with open(config, "w") as f:
             f.write('[agent]\nnode_id = "indep-node"\n[feed]\nbind = ["tcp://127.0.0.1:*"]\n'
-                    'heartbeat_interval_ms = 20\nusage_interval_ms = 20\n')
+                    'heartbeat_interval_ms = 20\nusage_interval_ms = 20\n[metering]\nenabled = false\n')
         notify_path = os.path.join(self.tmp.name, "notify.sock")
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(notify_path)

@@ -209,7 +209,7 @@ TEST(Tallyd, ConnectsOutToAnAggregatorThatBinds) {
   const std::string endpoint = aggregator.get(zmq::sockopt::last_endpoint);
 
   TallydProcess tallyd("[agent]\nnode_id = \"edge-node\"\n[feed]\nbind = []\nconnect = [\"" + endpoint +
-                       "\"]\nheartbeat_interval_ms = 20\nusage_interval_ms = 20\n");
+                       "\"]\nheartbeat_interval_ms = 20\nusage_interval_ms = 20\n[metering]\nenabled = false\n");
   ASSERT_TRUE(tallyd.notify().wait_for("READY=1", 20s)) << tallyd.process().stderr_text();
   zmq::pollitem_t item{aggregator.handle(), 0, ZMQ_POLLIN, 0};
   ASSERT_EQ(zmq::poll(&item, 1, 10s), 1) << "nothing arrived at the aggregator";

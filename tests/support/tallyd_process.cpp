@@ -5,10 +5,13 @@
 namespace tally::test {
 
 std::string test_config(std::uint32_t heartbeat_ms, std::uint32_t usage_ms, const std::string& extra) {
+  // A test's agent stays off the node's own registration socket (/run/tally) unless the test configures metering
+  // with paths of its own.
+  const bool has_metering = extra.find("[metering]") != std::string::npos;
   return fmt::format(
       "[agent]\nnode_id = \"test-node\"\nlog_level = \"debug\"\n\n"
-      "[feed]\nbind = [\"tcp://127.0.0.1:*\"]\nheartbeat_interval_ms = {}\nusage_interval_ms = {}\n\n{}",
-      heartbeat_ms, usage_ms, extra);
+      "[feed]\nbind = [\"tcp://127.0.0.1:*\"]\nheartbeat_interval_ms = {}\nusage_interval_ms = {}\n\n{}{}",
+      heartbeat_ms, usage_ms, has_metering ? "" : "[metering]\nenabled = false\n\n", extra);
 }
 
 TallydProcess::TallydProcess(const std::string& config_text, std::vector<std::string> extra_args,

@@ -16,7 +16,8 @@
 
 namespace tally::test {
 
-// A config with the feed on an ephemeral port and fast timers; `extra` is appended (more sections).
+// A config with the feed on an ephemeral port and fast timers; `extra` is appended (more sections). Metering is off
+// unless `extra` has a [metering] section.
 std::string test_config(std::uint32_t heartbeat_ms = 50, std::uint32_t usage_ms = 50, const std::string& extra = "");
 
 class TallydProcess {
