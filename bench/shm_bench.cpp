@@ -208,22 +208,8 @@ void BM_AgentDrain(benchmark::State& state) {
   auto* base = reinterpret_cast<std::byte*>((reinterpret_cast<std::uintptr_t>(storage.data()) + 63) & ~std::uintptr_t{63});
   auto* h = reinterpret_cast<shm::format::Header*>(base);
   *h = shm::format::Header{};
+  shm::format::init_header(*h, 16, 1, kRecords);
   h->magic = shm::format::kMagic;
-  h->version = shm::format::kVersion;
-  h->header_size = sizeof(shm::format::Header);
-  h->segment_size = l.segment_size;
-  h->label_capacity = 16;
-  h->counter_count = shm::format::kCounterCount;
-  h->gauge_count = shm::format::kGaugeCount;
-  h->slot_count = 1;
-  h->lane_records = kRecords;
-  h->record_size = sizeof(shm::format::Record);
-  h->labels_offset = l.labels_offset;
-  h->names_offset = l.names_offset;
-  h->gauges_offset = l.gauges_offset;
-  h->overflow_offset = l.overflow_offset;
-  h->slots_offset = l.slots_offset;
-  h->slot_stride = l.slot_stride;
   auto* entries = reinterpret_cast<shm::format::LabelEntry*>(base + l.labels_offset);
   for (std::uint32_t k = 1; k <= kLabels; ++k) {
     const std::string text = "tenant=t" + std::to_string(k);

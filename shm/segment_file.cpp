@@ -159,26 +159,11 @@ Result<CreatedSegment> create_segment(const std::filesystem::path& path, const s
   void* data = ::mmap(nullptr, layout.segment_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (data == MAP_FAILED) return fail("mmap");
   auto* h = static_cast<format::Header*>(data);
-  h->version = format::kVersion;
-  h->header_size = sizeof(format::Header);
-  h->segment_size = layout.segment_size;
-  h->label_capacity = shape.label_capacity;
-  h->counter_count = format::kCounterCount;
-  h->gauge_count = format::kGaugeCount;
-  h->slot_count = shape.slot_count;
-  h->lane_records = shape.lane_records;
-  h->record_size = sizeof(format::Record);
+  format::init_header(*h, shape.label_capacity, shape.slot_count, shape.lane_records);
   h->producer_pid = static_cast<std::uint32_t>(producer.pid);
   h->producer_uid = producer.uid;
   h->producer_start_ticks = producer.start_ticks;
   h->created_unix_ns = unix_now_ns();
-  h->labels_offset = layout.labels_offset;
-  h->names_offset = layout.names_offset;
-  h->gauges_offset = layout.gauges_offset;
-  h->overflow_offset = layout.overflow_offset;
-  h->budgets_offset = layout.budgets_offset;
-  h->slots_offset = layout.slots_offset;
-  h->slot_stride = layout.slot_stride;
   std::memcpy(h->workload_name, workload_name.data(), std::min(workload_name.size(), sizeof h->workload_name - 1));
   h->label_count = 1;
   format::store_release(h->magic, format::kMagic);  // last: a reader never sees a half-made header as valid

@@ -163,6 +163,31 @@ constexpr Layout compute_layout(std::uint32_t label_capacity, std::uint32_t slot
   return l;
 }
 
+// Writes the agent's part of a new segment's header for this shape: version, sizes and every region offset, as
+// compute_layout() gives them. The one place that does it: the agent, the fuzzer and the bench all build headers
+// through it. `magic` is left to the caller, to be stored last (release), so a half-made header never reads valid.
+inline Layout init_header(Header& h, std::uint32_t label_capacity, std::uint32_t slot_count,
+                          std::uint32_t lane_records) {
+  const Layout l = compute_layout(label_capacity, slot_count, lane_records);
+  h.version = kVersion;
+  h.header_size = sizeof(Header);
+  h.segment_size = l.segment_size;
+  h.label_capacity = label_capacity;
+  h.counter_count = kCounterCount;
+  h.gauge_count = kGaugeCount;
+  h.slot_count = slot_count;
+  h.lane_records = lane_records;
+  h.record_size = sizeof(Record);
+  h.labels_offset = l.labels_offset;
+  h.names_offset = l.names_offset;
+  h.gauges_offset = l.gauges_offset;
+  h.overflow_offset = l.overflow_offset;
+  h.budgets_offset = l.budgets_offset;
+  h.slots_offset = l.slots_offset;
+  h.slot_stride = l.slot_stride;
+  return l;
+}
+
 constexpr std::uint64_t control_size(std::uint32_t label_capacity) {
   return align64(sizeof(ControlHeader) + std::uint64_t{label_capacity} * 4) + std::uint64_t{label_capacity} * 8;
 }

@@ -15,23 +15,8 @@ std::vector<std::byte> valid_small_segment() {
   const format::Layout l = format::compute_layout(8, 2, 4);
   std::vector<std::byte> bytes(l.segment_size);
   auto* h = reinterpret_cast<format::Header*>(bytes.data());
+  format::init_header(*h, 8, 2, 4);
   h->magic = format::kMagic;
-  h->version = format::kVersion;
-  h->header_size = sizeof(format::Header);
-  h->segment_size = l.segment_size;
-  h->label_capacity = 8;
-  h->counter_count = format::kCounterCount;
-  h->gauge_count = format::kGaugeCount;
-  h->slot_count = 2;
-  h->lane_records = 4;
-  h->record_size = sizeof(format::Record);
-  h->labels_offset = l.labels_offset;
-  h->names_offset = l.names_offset;
-  h->gauges_offset = l.gauges_offset;
-  h->overflow_offset = l.overflow_offset;
-  h->budgets_offset = l.budgets_offset;
-  h->slots_offset = l.slots_offset;
-  h->slot_stride = l.slot_stride;
   return bytes;
 }
 
