@@ -1,22 +1,19 @@
 // tallyctl top: workloads sorted by cost (GPU time, then tokens, over the last report's interval) with their
 // tails, refreshed live from the feed's usage reports.
 
-#include <csignal>
 #include <cstdio>
 #include <memory>
 
 #include <fmt/format.h>
-#include <zmq.hpp>
 
 #include "agent/config.hpp"
 #include "agent/ctl_commands.hpp"
+#include "agent/feed_subscription.hpp"
 #include "agent/feed_watch.hpp"
 #include "shm/histogram.hpp"
 
 namespace tally::agent {
 namespace {
-
-volatile std::sig_atomic_t g_top_stop = 0;
 
 struct TopOptions {
   std::vector<std::string> endpoints{std::string(kDefaultFeedEndpoint)};
@@ -126,41 +123,15 @@ std::string render(const v1::Envelope& envelope, std::size_t limit) {
 }
 
 int run_top(const TopOptions& options) {
-  for (const auto& endpoint : options.endpoints) {
-    if (auto valid = validate_endpoint(endpoint, EndpointRole::connect); !valid) {
-      fmt::print(stderr, "tallyctl top: --endpoint: {}\n", valid.error().message);
-      return 2;
-    }
-  }
-  struct sigaction action {};
-  action.sa_handler = [](int) { g_top_stop = 1; };
-  sigaction(SIGINT, &action, nullptr);
-  sigaction(SIGTERM, &action, nullptr);
-  zmq::context_t context(1);
-  zmq::socket_t socket(context, zmq::socket_type::sub);
-  socket.set(zmq::sockopt::linger, 0);
-  socket.set(zmq::sockopt::subscribe, std::string(topic_of(FeedKind::usage)));
-  for (const auto& endpoint : options.endpoints) socket.connect(endpoint);
   std::uint64_t shown = 0;
-  while (!g_top_stop && (options.count == 0 || shown < options.count)) {
-    zmq::message_t topic, payload;
-    try {
-      if (!socket.recv(topic) || !topic.more() || !socket.recv(payload)) continue;
-    } catch (const zmq::error_t& e) {
-      if (e.num() == EINTR) continue;
-      fmt::print(stderr, "tallyctl top: {}\n", e.what());
-      return 1;
-    }
-    if (topic.to_string_view() != topic_of(FeedKind::usage)) continue;
-    auto envelope = decode_envelope(topic.to_string_view(), payload.to_string_view());
-    if (!envelope) continue;
-    const std::string screen = render(*envelope, options.limit);
+  const std::vector<std::string> kinds{std::string(topic_of(FeedKind::usage))};
+  return receive_feed("tallyctl top", options.endpoints, kinds, [&](const v1::Envelope& envelope) {
+    const std::string screen = render(envelope, options.limit);
     if (!options.plain) std::fputs("\x1b[H\x1b[2J", stdout);  // home, clear: refresh in place
     std::fputs(screen.c_str(), stdout);
     std::fflush(stdout);
-    ++shown;
-  }
-  return 0;
+    return options.count == 0 || ++shown < options.count;
+  });
 }
 
 }  // namespace

@@ -1,21 +1,17 @@
 // tallyctl watch: subscribe to a tallyd feed and print one line per message, plus notices for gaps and restarts.
 
-#include <csignal>
 #include <cstdio>
 #include <memory>
-#include <set>
 
 #include <fmt/format.h>
-#include <zmq.hpp>
 
 #include "agent/config.hpp"
 #include "agent/ctl_commands.hpp"
+#include "agent/feed_subscription.hpp"
 #include "agent/feed_watch.hpp"
 
 namespace tally::agent {
 namespace {
-
-volatile std::sig_atomic_t g_stop_requested = 0;
 
 struct WatchOptions {
   std::vector<std::string> endpoints{std::string(kDefaultFeedEndpoint)};
@@ -31,65 +27,15 @@ void print_line(const std::string& line) {
 }
 
 int run_watch(const WatchOptions& options) {
-  for (const auto& endpoint : options.endpoints) {
-    if (auto valid = validate_endpoint(endpoint, EndpointRole::connect); !valid) {
-      fmt::print(stderr, "tallyctl watch: --endpoint: {}\n", valid.error().message);
-      return 2;
-    }
-  }
-  // No SA_RESTART: a blocking receive returns EINTR so that Ctrl-C ends the watch at once.
-  struct sigaction action {};
-  action.sa_handler = [](int) { g_stop_requested = 1; };
-  sigaction(SIGINT, &action, nullptr);
-  sigaction(SIGTERM, &action, nullptr);
-
-  zmq::context_t context(1);
-  zmq::socket_t socket(context, zmq::socket_type::sub);
-  socket.set(zmq::sockopt::linger, 0);
-  if (options.kinds.empty()) {
-    socket.set(zmq::sockopt::subscribe, "");
-  } else {
-    for (const auto& kind : options.kinds) socket.set(zmq::sockopt::subscribe, kind);
-  }
-  for (const auto& endpoint : options.endpoints) socket.connect(endpoint);
-
-  const std::set<std::string> wanted(options.kinds.begin(), options.kinds.end());
   SequenceTracker tracker(/*follow_kind_sequence=*/!options.kinds.empty());
   std::uint64_t printed = 0;
-  while (!g_stop_requested && (options.count == 0 || printed < options.count)) {
-    zmq::message_t topic, payload;
-    try {
-      if (!socket.recv(topic)) continue;
-      if (!topic.more() || !socket.recv(payload)) {
-        fmt::print(stderr, "tallyctl watch: malformed message: expected 2 frames\n");
-        continue;
-      }
-      while (payload.more()) {  // drain unexpected extra frames
-        zmq::message_t extra;
-        (void)socket.recv(extra);
-        payload.rebuild(extra.data(), extra.size());
-        if (!extra.more()) break;
-      }
-    } catch (const zmq::error_t& e) {
-      if (e.num() == EINTR) continue;
-      fmt::print(stderr, "tallyctl watch: {}\n", e.what());
-      return 1;
-    }
-    // ZeroMQ filters by prefix: "usage" would also pass "usage2"; keep exact topics only.
-    if (!wanted.empty() && !wanted.contains(topic.to_string())) continue;
-    auto envelope = decode_envelope(topic.to_string_view(), payload.to_string_view());
-    if (!envelope) {
-      fmt::print(stderr, "tallyctl watch: malformed message on topic '{}' ({} bytes): not a tally.v1.Envelope\n",
-                 topic.to_string_view(), payload.size());
-      continue;
-    }
-    for (const FeedNotice& notice : tracker.observe(*envelope)) {
+  return receive_feed("tallyctl watch", options.endpoints, options.kinds, [&](const v1::Envelope& envelope) {
+    for (const FeedNotice& notice : tracker.observe(envelope)) {
       print_line(options.json ? to_json(notice).dump() : format_text(notice));
     }
-    print_line(options.json ? to_json(*envelope).dump() : format_text(*envelope));
-    ++printed;
-  }
-  return 0;
+    print_line(options.json ? to_json(envelope).dump() : format_text(envelope));
+    return options.count == 0 || ++printed < options.count;
+  });
 }
 
 }  // namespace

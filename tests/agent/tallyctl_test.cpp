@@ -45,9 +45,11 @@ class FakeAgent {
     envelope.mutable_heartbeat()->set_rss_bytes(1 << 20);
     send_raw("heartbeat", envelope.SerializeAsString());
   }
-  void send_raw(const std::string& topic, const std::string& payload) {
-    socket_.send(zmq::buffer(topic), zmq::send_flags::sndmore);
-    socket_.send(zmq::buffer(payload));
+  void send_raw(const std::string& topic, const std::string& payload) { send_frames({topic, payload}); }
+  void send_frames(const std::vector<std::string>& frames) {
+    for (std::size_t i = 0; i < frames.size(); ++i) {
+      socket_.send(zmq::buffer(frames[i]), i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    }
   }
 
  private:
@@ -159,8 +161,19 @@ TEST(TallyctlWatch, MalformedMessagesAreReportedAndSkipped) {
   const std::uint64_t last = warm_up(agent, watch, "instance-1");
   agent.send_raw("heartbeat", "\xff\xff\xff not protobuf");
   agent.send_raw("usage", v1::Envelope().SerializeAsString());  // no body: does not match the topic
-  ASSERT_TRUE(watch.wait_for_stderr("malformed message", 10s)) << watch.stderr_text();
-  agent.send_heartbeat("instance-1", last + 1);  // and the watch goes on
+  ASSERT_TRUE(watch.wait_for_stderr("not a tally.v1.Envelope", 10s)) << watch.stderr_text();
+  v1::Envelope valid;
+  valid.mutable_heartbeat();
+  agent.send_frames({"heartbeat"});                                           // one frame
+  agent.send_frames({"heartbeat", valid.SerializeAsString(), "trailing"});  // three frames
+  const auto count_reports = [&] {
+    std::size_t n = 0;
+    const std::string& text = watch.stderr_text();
+    for (auto at = text.find("expected 2 frames"); at != std::string::npos; at = text.find("expected 2 frames", at + 1)) ++n;
+    return n;
+  };
+  ASSERT_TRUE(wait_until([&] { return count_reports() == 2; })) << watch.stderr_text();
+  agent.send_heartbeat("instance-1", last + 1);  // and the watch goes on, at a message boundary
   const std::string marker = "\"sequence\":\"" + std::to_string(last + 1) + "\"";
   EXPECT_TRUE(wait_until([&] { return watch.stdout_text().find(marker) != std::string::npos; }));
   EXPECT_TRUE(watch.running());
