@@ -4,7 +4,6 @@
 
 #include <csignal>
 #include <chrono>
-#include <cstring>
 #include <memory>
 
 #include <fmt/ranges.h>
@@ -143,25 +142,16 @@ class Daemon {
       spdlog::warn("topology: device changes are not watched: {}", monitor.error().message);
       return;
     }
-    sd_event_source* timer = nullptr;
-    const int added = sd_event_add_time_relative(
-        loop_->native(), &timer, CLOCK_MONOTONIC, kDeviceSettleUsec, 0,
-        [](sd_event_source*, std::uint64_t, void* daemon) {
-          static_cast<Daemon*>(daemon)->publish_topology();
-          return 0;
-        },
-        this);
-    if (added < 0) {
-      spdlog::warn("topology: device changes are not watched: sd_event_add_time_relative: {}", std::strerror(-added));
+    auto settle = loop_->add_oneshot([this] { publish_topology(); });
+    if (!settle) {
+      spdlog::warn("topology: device changes are not watched: {}", settle.error().message);
       return;
     }
-    device_settle_timer_.reset(timer);
-    sd_event_source_set_enabled(timer, SD_EVENT_OFF);
+    device_settle_timer_ = std::move(*settle);
     device_monitor_ = std::make_unique<collectors::DeviceEventMonitor>(std::move(*monitor));
     auto source = loop_->add_io(device_monitor_->fd(), EPOLLIN, [this](std::uint32_t) {
       if (!device_monitor_->drain()) return;
-      sd_event_source_set_time_relative(device_settle_timer_.get(), kDeviceSettleUsec);
-      sd_event_source_set_enabled(device_settle_timer_.get(), SD_EVENT_ONESHOT);
+      EventLoop::arm_oneshot(device_settle_timer_.get(), kDeviceSettle);
     });
     if (!source) {
       spdlog::warn("topology: device changes are not watched: {}", source.error().message);
@@ -280,7 +270,7 @@ class Daemon {
   std::uint64_t interval_start_ns_;
   std::uint32_t config_generation_ = 1;
   EventSource heartbeat_timer_, usage_timer_;
-  static constexpr std::uint64_t kDeviceSettleUsec = 200'000;  // quiet time after the last device event
+  static constexpr std::chrono::milliseconds kDeviceSettle{200};  // quiet time after the last device event
   std::unique_ptr<collectors::DeviceEventMonitor> device_monitor_;
   EventSource device_events_, device_settle_timer_;
   std::vector<EventSource> signal_sources_;

@@ -57,6 +57,27 @@ Result<EventSource> EventLoop::add_periodic(std::chrono::microseconds period, st
   return EventSource(source);
 }
 
+Result<EventSource> EventLoop::add_oneshot(std::function<void()> callback) {
+  auto* state = new std::function<void()>(std::move(callback));
+  auto handler = [](sd_event_source*, std::uint64_t, void* userdata) -> int {
+    (*static_cast<std::function<void()>*>(userdata))();
+    return 0;
+  };
+  sd_event_source* source = nullptr;
+  if (int r = sd_event_add_time_relative(event_, &source, CLOCK_MONOTONIC, 0, 0, handler, state); r < 0) {
+    delete state;
+    return errno_error(r, "sd_event_add_time_relative");
+  }
+  sd_event_source_set_destroy_callback(source, destroy_state<std::function<void()>>);
+  sd_event_source_set_enabled(source, SD_EVENT_OFF);
+  return EventSource(source);
+}
+
+void EventLoop::arm_oneshot(sd_event_source* timer, std::chrono::microseconds delay) {
+  sd_event_source_set_time_relative(timer, static_cast<std::uint64_t>(delay.count()));
+  sd_event_source_set_enabled(timer, SD_EVENT_ONESHOT);
+}
+
 Result<EventSource> EventLoop::add_signal(int signal_number, std::function<void()> callback) {
   sigset_t mask;
   sigemptyset(&mask);

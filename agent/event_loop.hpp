@@ -29,6 +29,11 @@ class EventLoop {
   // Calls `callback` every `period` (CLOCK_MONOTONIC, no drift) until the returned source is destroyed.
   Result<EventSource> add_periodic(std::chrono::microseconds period, std::function<void()> callback);
 
+  // A one-shot timer, off until armed: arm_oneshot() makes it call `callback` once, `delay` from now; arming it
+  // again before it fires pushes it back (so a burst of events gives one call).
+  Result<EventSource> add_oneshot(std::function<void()> callback);
+  static void arm_oneshot(sd_event_source* timer, std::chrono::microseconds delay);
+
   // Calls `callback` when signal `signal_number` arrives. The signal is blocked for the process so that it is
   // delivered through the loop only.
   Result<EventSource> add_signal(int signal_number, std::function<void()> callback);
