@@ -16,18 +16,23 @@ using namespace std::chrono_literals;
 
 bool is_topology(const FeedMessage& message) { return message.topic == "topology" && message.envelope.has_topology(); }
 
-TEST(TopologyFeed, PublishedAtStartAndOnSighupWithThisHostsTopology) {
-  TallydProcess tallyd(test_config(1000, 1000));
-  const auto endpoint = tallyd.wait_ready();
-  ASSERT_TRUE(endpoint) << tallyd.process().stderr_text();
-  FeedSubscriber subscriber(*endpoint, "topology");
-  // The subscription must reach tallyd before the SIGHUP; heartbeats are not subscribed, so wait on the
-  // subscription through a first reload and keep the first topology that arrives after it.
+// The subscription must reach tallyd before a SIGHUP can be seen; topology is the only kind subscribed, so send
+// SIGHUPs until one's republished topology arrives, and return it.
+std::optional<FeedMessage> topology_after_sighup(TallydProcess& tallyd, FeedSubscriber& subscriber) {
   std::optional<FeedMessage> message;
   for (int attempt = 0; attempt < 50 && !message; ++attempt) {
     tallyd.process().signal(SIGHUP);
     message = subscriber.receive_until(is_topology, 200ms);
   }
+  return message;
+}
+
+TEST(TopologyFeed, PublishedAtStartAndOnSighupWithThisHostsTopology) {
+  TallydProcess tallyd(test_config(1000, 1000));
+  const auto endpoint = tallyd.wait_ready();
+  ASSERT_TRUE(endpoint) << tallyd.process().stderr_text();
+  FeedSubscriber subscriber(*endpoint, "topology");
+  const auto message = topology_after_sighup(tallyd, subscriber);
   ASSERT_TRUE(message) << "no topology message after SIGHUP; stderr:\n" << tallyd.process().stderr_text();
   // kind_sequence 1 was the topology published at start (before any subscriber could connect).
   EXPECT_GE(message->envelope.kind_sequence(), 2u);
@@ -54,11 +59,7 @@ TEST(TopologyFeed, ConfiguredNvmlLibraryIsLoadedAndItsFindingsPublished) {
   const auto endpoint = tallyd.wait_ready();
   ASSERT_TRUE(endpoint) << tallyd.process().stderr_text();
   FeedSubscriber subscriber(*endpoint, "topology");
-  std::optional<FeedMessage> message;
-  for (int attempt = 0; attempt < 50 && !message; ++attempt) {
-    tallyd.process().signal(SIGHUP);
-    message = subscriber.receive_until(is_topology, 200ms);
-  }
+  const auto message = topology_after_sighup(tallyd, subscriber);
   ASSERT_TRUE(message) << tallyd.process().stderr_text();
   const v1::Topology& topology = message->envelope.topology();
   EXPECT_EQ(topology.nvml_driver_version(), "535.104.05");
