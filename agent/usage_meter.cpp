@@ -7,6 +7,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "agent/feed.hpp"
 #include "tally/client.h"
 
 namespace tally::agent {
@@ -17,12 +18,6 @@ constexpr std::array<std::string_view, shm::format::kBuiltinCounters> kCounterNa
 constexpr std::array<std::string_view, shm::format::kGaugeCount> kGaugeNames{
     "kv_cache_bytes", "context_tokens", "gauge_2", "gauge_3", "gauge_4", "gauge_5", "gauge_6", "gauge_7"};
 constexpr std::size_t kQuarantineHistory = 16;
-
-std::uint64_t unix_now_ns() {
-  return static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count());
-}
 
 std::string counter_name(const shm::SegmentReader& reader, std::uint32_t k) {
   if (k < shm::format::kBuiltinCounters) return std::string(kCounterNames[k]);
@@ -249,7 +244,7 @@ void UsageMeter::retire(std::size_t index, const std::string& quarantine_reason)
     q.set_segment(segment->registration.segment_path.string());
     q.set_reason(quarantine_reason);
     q.set_pid(static_cast<std::uint32_t>(segment->registration.producer.pid));
-    q.set_unix_ns(unix_now_ns());
+    q.set_unix_ns(unix_time_ns());
     w.quarantined.push_back(std::move(q));
     if (w.quarantined.size() > kQuarantineHistory) w.quarantined.erase(w.quarantined.begin());
   }
@@ -257,7 +252,7 @@ void UsageMeter::retire(std::size_t index, const std::string& quarantine_reason)
   to_remove_.push_back(segment->registration.segment_path);
   bool live = false;
   for (const auto& s : segments_) live = live || s->workload == &w;
-  if (!live) w.exited_unix_ns = unix_now_ns();
+  if (!live) w.exited_unix_ns = unix_time_ns();
 }
 
 std::map<std::string, CounterMap> UsageMeter::current_totals(const Workload& workload) const {
@@ -276,7 +271,7 @@ void UsageMeter::report(v1::UsageReport& report) {
   // Producers that exited: one last drain, then their totals move to `retired`.
   for (std::size_t i = 0; i < segments_.size();) {
     const shm::Producer& p = segments_[i]->registration.producer;
-    const auto ticks = shm::process_start_ticks(p.pid);
+    const auto ticks = collectors::read_process_start_ticks(p.pid);
     if (ticks && *ticks == p.start_ticks) {
       ++i;
       continue;
@@ -290,7 +285,7 @@ void UsageMeter::report(v1::UsageReport& report) {
     }
   }
 
-  const std::uint64_t now = unix_now_ns();
+  const std::uint64_t now = unix_time_ns();
   for (auto it = workloads_.begin(); it != workloads_.end();) {
     Workload& w = it->second;
     const bool expired = w.exited_unix_ns != 0 &&

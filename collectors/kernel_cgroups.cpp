@@ -1,4 +1,5 @@
 #include "collectors/kernel_cgroups.hpp"
+#include "collectors/workload_identity.hpp"
 
 #include <sys/stat.h>
 
@@ -16,22 +17,6 @@ std::optional<pid_t> parse_pid(std::string_view text) {
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), pid);
   if (ec != std::errc{} || end != text.data() + text.size() || pid <= 0) return std::nullopt;
   return pid;
-}
-
-// Field 22 of /proc/PID/stat (starttime), after the parenthesised comm that may itself hold spaces.
-std::optional<std::uint64_t> start_ticks(pid_t pid, const std::filesystem::path& proc_root) {
-  std::ifstream in(proc_root / std::to_string(pid) / "stat");
-  std::string text;
-  if (!std::getline(in, text)) return std::nullopt;
-  const auto close = text.rfind(')');
-  if (close == std::string::npos) return std::nullopt;
-  std::istringstream fields(text.substr(close + 2));
-  std::string field;
-  for (int i = 3; i < 22 && fields >> field; ++i) {
-  }
-  std::uint64_t ticks = 0;
-  if (!(fields >> ticks)) return std::nullopt;
-  return ticks;
 }
 
 }  // namespace
@@ -113,7 +98,7 @@ std::map<std::string, IoBytes> ProcIoSampler::sample() {
        !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
     const auto pid = parse_pid(it->path().filename().string());
     if (!pid) continue;
-    const auto ticks = start_ticks(*pid, proc_root_);
+    const auto ticks = read_process_start_ticks(*pid, proc_root_);
     const auto io = read_proc_io(*pid, proc_root_);
     const auto cgroup = process_cgroup(*pid, proc_root_);
     if (!ticks || !io || !cgroup) continue;  // exited meanwhile, or a kernel thread without io accounting

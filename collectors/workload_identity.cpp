@@ -169,6 +169,20 @@ WorkloadIdentity identify_cgroup(std::string_view cgroup_path) {
   return identity;
 }
 
+std::optional<std::uint64_t> read_process_start_ticks(pid_t pid, const std::filesystem::path& proc_root) {
+  const auto stat = read_file(proc_root / std::to_string(pid) / "stat");
+  if (!stat) return std::nullopt;
+  const auto close = stat->rfind(')');
+  if (close == std::string::npos || close + 2 > stat->size()) return std::nullopt;
+  std::istringstream fields(stat->substr(close + 2));  // field 3 (state) onwards
+  std::string field;
+  for (int i = 3; i < 22 && fields >> field; ++i) {
+  }
+  std::uint64_t ticks = 0;
+  if (!(fields >> ticks)) return std::nullopt;
+  return ticks;
+}
+
 Result<WorkloadIdentity> identify_process(pid_t pid, const std::filesystem::path& proc_root) {
   const std::filesystem::path dir = proc_root / std::to_string(pid);
   const auto cgroup = read_file(dir / "cgroup");
@@ -187,17 +201,9 @@ Result<WorkloadIdentity> identify_process(pid_t pid, const std::filesystem::path
 
   // Root cgroup: the process is its own workload, told apart from a later process with the same pid by its
   // start time (/proc/PID/stat field 22, after the parenthesised command name which may contain anything).
-  const auto stat = read_file(dir / "stat");
-  if (!stat) return make_error(ErrorCode::not_found, "{}: cannot read", (dir / "stat").string());
-  const auto close = stat->rfind(')');
-  if (close == std::string::npos) return make_error(ErrorCode::invalid_argument, "{}: malformed", (dir / "stat").string());
-  std::istringstream fields(stat->substr(close + 2));
-  std::string field;
-  std::string start_ticks;
-  for (int i = 3; i <= 22 && fields >> field; ++i) {
-    if (i == 22) start_ticks = field;
-  }
-  if (start_ticks.empty()) return make_error(ErrorCode::invalid_argument, "{}: no start time", (dir / "stat").string());
+  const auto ticks = read_process_start_ticks(pid, proc_root);
+  if (!ticks) return make_error(ErrorCode::not_found, "{}: no start time", (dir / "stat").string());
+  const std::string start_ticks = std::to_string(*ticks);
   std::error_code ec;
   const auto exe = std::filesystem::read_symlink(dir / "exe", ec);
   identity.attributes["pid"] = std::to_string(pid);

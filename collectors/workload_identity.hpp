@@ -5,8 +5,10 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -41,6 +43,11 @@ Result<std::filesystem::path> find_cgroup2_mount(const std::filesystem::path& mo
 
 // The identity of the workload a cgroup v2 path belongs to.
 WorkloadIdentity identify_cgroup(std::string_view cgroup_path);
+
+// A process's start time: /proc/PID/stat field 22, in clock ticks since boot, read after the parenthesised command
+// name (which may hold spaces and parentheses). Tells a process apart from a later one that reuses its pid.
+// nullopt when the process is gone or the file is malformed.
+std::optional<std::uint64_t> read_process_start_ticks(pid_t pid, const std::filesystem::path& proc_root = "/proc");
 
 // The identity of a running process, from `proc_root`/PID/cgroup (and, for a process in the root cgroup,
 // its executable and start time from `proc_root`/PID/exe and /stat).

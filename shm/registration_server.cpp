@@ -67,26 +67,6 @@ std::filesystem::path meta_path_of(const std::filesystem::path& segment_path) {
   return p.replace_extension(".meta");
 }
 
-std::optional<std::uint64_t> process_start_ticks(pid_t pid, const std::filesystem::path& proc_root) {
-  std::ifstream in(proc_root / std::to_string(pid) / "stat");
-  if (!in) return std::nullopt;
-  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto close = stat.rfind(')');
-  if (close == std::string::npos || close + 2 > stat.size()) return std::nullopt;
-  std::istringstream fields(stat.substr(close + 2));
-  std::string field;
-  for (int i = 3; i <= 22 && fields >> field; ++i) {
-    if (i == 22) {
-      try {
-        return std::stoull(field);
-      } catch (...) {
-        return std::nullopt;
-      }
-    }
-  }
-  return std::nullopt;
-}
-
 Result<void> write_registration(const Registration& r, const std::filesystem::path& meta_path) {
   const nlohmann::json doc = {{"segment", r.segment_path.string()},
                               {"control", r.control_path.string()},
@@ -288,7 +268,7 @@ void RegistrationServer::serve(int fd) {
            fmt::format("protocol version {} is not supported (agent speaks {})", request.version, protocol::kVersion));
     return;
   }
-  const auto start_ticks = process_start_ticks(cred.pid, options_.proc_root);
+  const auto start_ticks = collectors::read_process_start_ticks(cred.pid, options_.proc_root);
   auto identity = collectors::identify_process(cred.pid, options_.proc_root);
   if (!start_ticks || !identity) {
     refuse(protocol::Status::internal,

@@ -47,9 +47,6 @@ struct SegmentLimits {
   std::uint32_t default_label_sets = 256, max_label_sets = 4096;
 };
 
-// /proc/PID/stat field 22 (start time in clock ticks since boot); nullopt when the process is gone.
-std::optional<std::uint64_t> process_start_ticks(pid_t pid, const std::filesystem::path& proc_root = "/proc");
-
 class RegistrationServer {
  public:
   struct Options {
