@@ -32,10 +32,15 @@ TEST(TornRecords, WriterKilledMidWriteNeverYieldsATornRecord) {
     ASSERT_TRUE(reader) << reader.error().message;
     std::vector<shm::RequestEvent> events;
     std::size_t checked = 0;
-    // Drain while it writes, kill it at an arbitrary point of its loop, then drain what is left.
-    for (int i = 0; i < 50 + round * 37; ++i) {
-      ASSERT_TRUE(reader->drain(events));
-    }
+    // Drain while it writes until its records flow (its threads may not have run yet on a loaded machine), kill
+    // it at an arbitrary point of its loop, then drain what is left.
+    const std::size_t flowing = 1000 + static_cast<std::size_t>(round) * 777;
+    bool drained = true;
+    ASSERT_TRUE(wait_until([&] {
+      drained = drained && reader->drain(events);
+      return !drained || events.size() >= flowing;
+    }, kDefaultDeadline, std::chrono::milliseconds(0))) << "the writer's records never arrived";
+    ASSERT_TRUE(drained);
     writer.signal(SIGKILL);
     ASSERT_TRUE(writer.wait(kDefaultDeadline));
     ASSERT_TRUE(reader->drain(events));
