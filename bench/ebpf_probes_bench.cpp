@@ -40,7 +40,7 @@
 
 #include <benchmark/benchmark.h>
 
-#include "collectors/bpf_probes.hpp"
+#include "collectors/kernel/bpf_probes.hpp"
 
 namespace {
 

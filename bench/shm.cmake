@@ -4,7 +4,7 @@
 add_library(shm_bench_tracepoint STATIC ${CMAKE_CURRENT_LIST_DIR}/shm_tracepoint.c)
 find_library(TALLY_LTTNG_UST lttng-ust)
 tally_add_benchmark(shm_bench SOURCES ${CMAKE_CURRENT_LIST_DIR}/shm_bench.cpp
-                    LIBS tally::client tally::shm Threads::Threads)
+                    LIBS tally::client tally::shm_segments Threads::Threads)
 if(TALLY_LTTNG_UST)
   target_include_directories(shm_bench_tracepoint PRIVATE ${CMAKE_CURRENT_LIST_DIR})
   target_compile_definitions(shm_bench_tracepoint PUBLIC TALLY_BENCH_LTTNG=1)

@@ -26,10 +26,10 @@
 #include <memory>
 #include <thread>
 
-#include "shm/histogram.hpp"
-#include "shm/registration_server.hpp"
-#include "shm/segment_file.hpp"
-#include "shm/segment_reader.hpp"
+#include "agent/base/histogram.hpp"
+#include "shm/segments/registration_server.hpp"
+#include "shm/segments/segment_file.hpp"
+#include "shm/segments/segment_reader.hpp"
 #include "tally/client.h"
 
 extern "C" int tally_bench_lttng_available(void);
@@ -226,7 +226,7 @@ void BM_AgentDrain(benchmark::State& state) {
     state.SkipWithError(reader.error().message.c_str());
     return;
   }
-  std::vector<shm::RequestHistograms> histograms(kLabels + 1);
+  std::vector<std::array<tally::ExponentialHistogram, 4>> histograms(kLabels + 1);
   std::vector<shm::RequestEvent> events;
   events.reserve(kRecords);
   std::uint64_t head = 0, drained = 0;
@@ -252,7 +252,13 @@ void BM_AgentDrain(benchmark::State& state) {
       state.SkipWithError("drain failed");
       return;
     }
-    for (const auto& e : events) histograms[e.labels].fold(e);
+    for (const auto& e : events) {
+      auto& tails = histograms[e.labels];
+      tails[0].record(e.ttft_ns);
+      tails[1].record(e.duration_ns);
+      tails[2].record(e.tokens_in + e.tokens_out);
+      tails[3].record(e.gpu_time_ns);
+    }
     drained += events.size();
   }
   state.SetItemsProcessed(static_cast<std::int64_t>(drained));

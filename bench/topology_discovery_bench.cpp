@@ -17,7 +17,7 @@
 #include <cstdio>
 #include <vector>
 
-#include "collectors/topology.hpp"
+#include "collectors/topology/topology.hpp"
 
 namespace {
 

@@ -1,6 +1,6 @@
 // Config parsing: defaults, a full valid file, the shipped default file, and every class of bad input, each of
 // which must name the file, the line and the key.
-#include "agent/config.hpp"
+#include "agent/config/config.hpp"
 
 #include <gtest/gtest.h>
 
@@ -69,7 +69,7 @@ send_high_water_mark = 5000
 }
 
 TEST(Config, ShippedDefaultFileParsesToTheBuiltInDefaults) {
-  auto config = load_config(std::string(TALLY_SOURCE_DIR) + "/agent/tally.toml", true);
+  auto config = load_config(std::string(TALLY_SOURCE_DIR) + "/agent/config/tally.toml", true);
   ASSERT_TRUE(config.has_value()) << config.error().message;
   EXPECT_EQ(*config, Config{});
 }

@@ -1,5 +1,5 @@
 // SequenceTracker: the gap, restart and backwards rules that `tallyctl watch` applies.
-#include "agent/feed_watch.hpp"
+#include "agent/feed/watch.hpp"
 
 #include <gtest/gtest.h>
 

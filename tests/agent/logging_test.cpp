@@ -1,5 +1,5 @@
 // Where tallyd logs: the journal only when JOURNAL_STREAM names the stderr it actually has.
-#include "agent/logging.hpp"
+#include "agent/base/logging.hpp"
 
 #include <sys/stat.h>
 #include <unistd.h>

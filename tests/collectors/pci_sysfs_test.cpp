@@ -3,8 +3,9 @@
 
 #include <filesystem>
 
-#include "collectors/pci.hpp"
-#include "collectors/sysfs.hpp"
+#include "collectors/topology/pci.hpp"
+#include "agent/base/fs_root.hpp"
+#include "collectors/topology/cpulist.hpp"
 #include "tests/support/temp_dir.hpp"
 
 namespace tally::collectors {
@@ -67,12 +68,12 @@ TEST(Cpulist, ParsesAndFormatsKernelLists) {
   EXPECT_EQ(parse_cpumask("00000001,00000003"), (std::vector<std::uint32_t>{0, 1, 32}));
 }
 
-TEST(Sysfs, ReadsBelowItsRootAndTreatsUnreadableAsAbsent) {
+TEST(FsRoot, ReadsBelowItsRootAndTreatsUnreadableAsAbsent) {
   test::TempDir dir;
   dir.write("class", "0x030200\n");
   dir.write("numa_node", "-1\n");
   std::filesystem::create_directory(dir / "vendor");  // a directory where a file is expected: cannot be read
-  const Sysfs sysfs(dir.path());
+  const FsRoot sysfs(dir.path());
   EXPECT_EQ(sysfs.read_uint("/class"), 0x030200u);
   EXPECT_EQ(sysfs.read_line("numa_node"), "-1");
   EXPECT_FALSE(sysfs.read_uint("numa_node"));  // not unsigned

@@ -9,8 +9,8 @@
 #include <regex>
 #include <set>
 
-#include "collectors/topology.hpp"
-#include "collectors/topology_json.hpp"
+#include "collectors/topology/topology.hpp"
+#include "collectors/topology/topology_json.hpp"
 #include "tests/collectors/find_program.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"

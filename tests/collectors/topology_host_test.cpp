@@ -7,7 +7,8 @@
 #include <regex>
 #include <sstream>
 
-#include "collectors/sysfs.hpp"
+#include "agent/base/fs_root.hpp"
+#include "collectors/topology/cpulist.hpp"
 #include "tests/collectors/find_program.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"

@@ -6,8 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "collectors/nvml.hpp"
-#include "collectors/topology.hpp"
+#include "collectors/nvml/nvml.hpp"
+#include "collectors/topology/topology.hpp"
 #include "tests/support/temp_dir.hpp"
 
 namespace tally::collectors {

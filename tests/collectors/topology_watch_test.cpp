@@ -1,6 +1,6 @@
 // Which kernel uevents make tallyd republish its topology. Datagrams are in the kernel's format
 // ("ACTION@DEVPATH\0KEY=VALUE\0..."), as `udevadm monitor --kernel --property` shows them.
-#include "collectors/topology_watch.hpp"
+#include "collectors/topology/topology_watch.hpp"
 
 #include <gtest/gtest.h>
 

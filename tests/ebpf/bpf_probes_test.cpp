@@ -2,7 +2,7 @@
 // probes keep for that cgroup, and /proc/PID/io or what the workload itself reports. Needs root and BPF; skips
 // with the reason otherwise.
 
-#include "collectors/bpf_probes.hpp"
+#include "collectors/kernel/bpf_probes.hpp"
 
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -18,7 +18,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
-#include "collectors/kernel_cgroups.hpp"
+#include "collectors/kernel/kernel_cgroups.hpp"
 #include "tests/ebpf/test_cgroup.hpp"
 #include "tests/support/deadline.hpp"
 #include "tests/support/temp_dir.hpp"
@@ -109,7 +109,7 @@ TEST_F(KernelProbesTest, IoBytesMatchProcIoWithinOnePercent) {
   CgroupProcess workload(cgroup, {kWorkload, "io", (dir / "data").string(), std::to_string(kBytes)});
   ASSERT_EQ(workload.read_line(20s), "io done");
   // The workload now blocks in read(stdin): nothing more is counted on either side until we close it.
-  const auto proc_io = read_proc_io(workload.pid());
+  const auto proc_io = read_process_io(FsRoot(), workload.pid());
   ASSERT_TRUE(proc_io);
   ASSERT_GE(proc_io->write_bytes, kBytes);
   ASSERT_GE(proc_io->read_bytes, kBytes);
@@ -139,7 +139,7 @@ TEST_F(KernelProbesTest, IoBytesOfExitedThreadsAreCountedExactly) {
   CgroupProcess workload(cgroup, {kWorkload, "io-threads", (dir / "data").string(), std::to_string(kBytes), "4"});
   ASSERT_EQ(workload.read_line(20s), "io done");
   // The four threads did the IO and are gone; /proc/PID/io keeps their bytes in the process's total.
-  const auto proc_io = read_proc_io(workload.pid());
+  const auto proc_io = read_process_io(FsRoot(), workload.pid());
   ASSERT_TRUE(proc_io);
   ASSERT_GE(proc_io->write_bytes, kBytes);
   ASSERT_GE(proc_io->read_bytes, kBytes);
@@ -264,15 +264,16 @@ TEST_F(KernelProbesTest, ProgramsGoAwayWithTheOwner) {
 
 TEST(AcceleratorMajorsTest, ReadsDynamicMajorsFromProcDevices) {
   TempDir dir;
-  const auto devices = dir.write("devices",
+  std::filesystem::create_directories(dir / "proc");
+  dir.write("proc/devices",
                                  "Character devices:\n  1 mem\n195 nvidia\n226 drm\n234 nvidia-uvm\n235 nvidia-caps\n"
                                  "236 kfd\n261 accel\n\nBlock devices:\n237 nvidia-uvm\n");
-  EXPECT_EQ(accelerator_majors(devices), (std::vector<std::uint32_t>{195, 226, 234, 235, 236, 261}));
-  EXPECT_EQ(accelerator_majors(dir / "missing"), (std::vector<std::uint32_t>{195, 226}));
+  EXPECT_EQ(accelerator_majors(FsRoot(dir.path())), (std::vector<std::uint32_t>{195, 226, 234, 235, 236, 261}));
+  EXPECT_EQ(accelerator_majors(FsRoot(dir / "missing")), (std::vector<std::uint32_t>{195, 226}));
 }
 
 TEST(ProcIoSamplerTest, CountsReadsOfOurOwnCgroup) {
-  const auto own = process_cgroup(::getpid());
+  const auto own = read_process_cgroup(FsRoot(), ::getpid());
   if (!own) GTEST_SKIP() << "no cgroup v2 line in /proc/self/cgroup";
   ProcIoSampler sampler;
   sampler.sample();

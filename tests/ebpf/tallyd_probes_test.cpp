@@ -12,8 +12,8 @@
 #include <bpf/bpf.h>
 #include <gtest/gtest.h>
 
-#include "collectors/bpf_probes.hpp"
-#include "collectors/workload_identity.hpp"
+#include "collectors/kernel/bpf_probes.hpp"
+#include "agent/base/workload_identity.hpp"
 #include "tests/ebpf/test_cgroup.hpp"
 #include "tests/support/deadline.hpp"
 #include "tests/support/feed_subscriber.hpp"
@@ -84,7 +84,7 @@ class TallydKernelUsageTest : public ::testing::Test {
   std::optional<v1::KernelUsage> run_io_workload(const std::string& endpoint, std::uint64_t bytes) {
     FeedSubscriber feed(endpoint, "usage");
     const auto cgroup = parent_->make_child("feed-io");
-    const std::string workload_id = collectors::identify_cgroup("/" + cgroup.lexically_relative(root_).string()).id;
+    const std::string workload_id = identify_cgroup("/" + cgroup.lexically_relative(root_).string()).id;
     TempDir dir;
     CgroupProcess workload(cgroup, {kWorkload, "io", (dir / "data").string(), std::to_string(bytes)});
     EXPECT_EQ(workload.read_line(20s), "io done");

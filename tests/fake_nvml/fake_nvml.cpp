@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "collectors/nvml_api.h"
+#include "collectors/nvml/nvml_api.h"
 
 struct nvmlDevice_st {
   nlohmann::json config;            // the GPU, or the MIG instance

@@ -10,8 +10,8 @@
 #include <atomic>
 #include <thread>
 
-#include "shm/segment_file.hpp"
-#include "shm/segment_reader.hpp"
+#include "shm/segments/segment_file.hpp"
+#include "shm/segments/segment_reader.hpp"
 #include "tally/client.hpp"
 #include "tests/shm/in_process_agent.hpp"
 #include "tests/support/deadline.hpp"

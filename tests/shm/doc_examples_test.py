@@ -45,7 +45,7 @@ class DocExamples(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.TemporaryDirectory(prefix="tally-doc-")
         self.env = dict(os.environ, TALLY_SOCKET=os.path.join(self.dir.name, "no-agent.sock"))
-        self.link = ["-I", os.path.join(SOURCE_DIR, "shm", "include"), LIBRARY,
+        self.link = ["-I", os.path.join(SOURCE_DIR, "shm", "client", "include"), LIBRARY,
                      "-Wl,-rpath," + os.path.dirname(LIBRARY)]
 
     def tearDown(self):
@@ -75,7 +75,7 @@ class DocExamples(unittest.TestCase):
         env = dict(self.env, TALLY_CLIENT_LIBRARY=LIBRARY)
         driver = (
             "import sys, time\n"
-            f"sys.path.insert(0, {os.path.join(SOURCE_DIR, 'shm', 'python')!r})\n"
+            f"sys.path.insert(0, {os.path.join(SOURCE_DIR, 'shm', 'client', 'python')!r})\n"
             "generate = lambda prompt: (time.monotonic_ns(), 42)\n"
             + code +
             "\nhandle('what is the weather like')\n"

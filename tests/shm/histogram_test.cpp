@@ -1,5 +1,5 @@
 // ExponentialHistogram: OTel bucket indexing at scale 6, quantiles within 1% of exact, merging, tail shares.
-#include "shm/histogram.hpp"
+#include "agent/base/histogram.hpp"
 
 #include <gtest/gtest.h>
 

@@ -9,7 +9,7 @@
 #include <thread>
 #include <vector>
 
-#include "shm/registration_server.hpp"
+#include "shm/segments/registration_server.hpp"
 #include "tests/support/deadline.hpp"
 #include "tests/support/temp_dir.hpp"
 

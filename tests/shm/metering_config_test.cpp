@@ -1,7 +1,7 @@
 // The [metering] section of tallyd's configuration: defaults, values, and errors that name the key.
 #include <gtest/gtest.h>
 
-#include "agent/config.hpp"
+#include "agent/config/config.hpp"
 
 namespace tally::agent {
 namespace {

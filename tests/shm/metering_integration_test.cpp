@@ -8,13 +8,14 @@
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
 #include <fstream>
 
-#include "shm/histogram.hpp"
-#include "shm/segment_format.hpp"
+#include "agent/base/histogram.hpp"
+#include "shm/format/segment_format.hpp"
 #include "tests/shm/workload_gen.hpp"
 #include "tests/support/deadline.hpp"
 #include "tests/support/feed_subscriber.hpp"
@@ -163,7 +164,7 @@ TEST_F(Metering, EightProcessesOfFourThreadsExactTotalsAndPercentilesWithinOnePe
   // Percentiles: merge each label set's histograms over the 8 workloads (that is what mergeable buckets are for),
   // then compare with the exact nearest-rank percentiles of every value written.
   for (std::uint32_t k = 0; k < kLabels; ++k) {
-    shm::ExponentialHistogram ttft, duration, tokens;
+    ExponentialHistogram ttft, duration, tokens;
     std::vector<std::uint64_t> ttft_values, duration_values, token_values;
     for (const auto& w : report.workloads()) {
       if (!is_writer(w)) continue;
@@ -172,7 +173,7 @@ TEST_F(Metering, EightProcessesOfFourThreadsExactTotalsAndPercentilesWithinOnePe
         auto rebuild = [](const v1::RequestTail& t) {
           const auto& h = t.histogram();
           EXPECT_EQ(h.scale(), 6);
-          return shm::ExponentialHistogram::from_parts(h.offset(), {h.bucket_counts().begin(), h.bucket_counts().end()},
+          return ExponentialHistogram::from_parts(h.offset(), {h.bucket_counts().begin(), h.bucket_counts().end()},
                                                        h.zero_count(), h.sum(), h.min(), h.max());
         };
         ttft.merge(rebuild(ls.ttft_ns()));

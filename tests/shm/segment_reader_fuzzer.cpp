@@ -4,8 +4,8 @@
 #include <cstring>
 #include <vector>
 
-#include "shm/histogram.hpp"
-#include "shm/segment_reader.hpp"
+#include "agent/base/histogram.hpp"
+#include "shm/segments/segment_reader.hpp"
 
 namespace {
 

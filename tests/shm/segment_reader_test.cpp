@@ -1,6 +1,6 @@
 // The agent's segment reader against valid and hostile segments: one test per corruption class. A hostile
 // segment must produce an Error naming what is wrong (the caller quarantines it), never a crash or a hang.
-#include "shm/segment_reader.hpp"
+#include "shm/segments/segment_reader.hpp"
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -9,7 +9,7 @@
 
 #include <cstring>
 
-#include "shm/segment_file.hpp"
+#include "shm/segments/segment_file.hpp"
 #include "tests/support/temp_dir.hpp"
 
 namespace tally::shm {

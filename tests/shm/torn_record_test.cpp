@@ -5,8 +5,8 @@
 
 #include <gtest/gtest.h>
 
-#include "shm/segment_file.hpp"
-#include "shm/segment_reader.hpp"
+#include "shm/segments/segment_file.hpp"
+#include "shm/segments/segment_reader.hpp"
 #include "tests/shm/in_process_agent.hpp"
 #include "tests/support/process.hpp"
 

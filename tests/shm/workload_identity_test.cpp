@@ -1,5 +1,6 @@
 // Workload identity from cgroup paths (pure v2 and hybrid hosts), and for processes through a fake /proc.
-#include "collectors/workload_identity.hpp"
+#include "agent/base/workload_identity.hpp"
+#include "agent/base/proc.hpp"
 
 #include <unistd.h>
 
@@ -9,7 +10,7 @@
 
 #include "tests/support/temp_dir.hpp"
 
-namespace tally::collectors {
+namespace tally {
 namespace {
 
 TEST(IdentifyCgroup, SystemdUnit) {
@@ -59,24 +60,30 @@ TEST(IdentifyCgroup, AnythingElseIsTheRawPath) {
 
 TEST(FindCgroup2Mount, PureV2AndHybrid) {
   test::TempDir dir;
-  const auto pure = dir.write("pure", "24 30 0:22 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n"
+  // Each capture is a FsRoot holding proc/self/mountinfo.
+  auto mountinfo = [&](const std::string& name, const std::string& text) {
+    std::filesystem::create_directories(dir / name / "proc/self");
+    dir.write(name + "/proc/self/mountinfo", text);
+    return FsRoot(dir / name);
+  };
+  const auto pure = mountinfo("pure", "24 30 0:22 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n"
                                       "25 30 0:23 / /proc rw shared:10 - proc proc rw\n");
-  const auto hybrid = dir.write("hybrid",
+  const auto hybrid = mountinfo("hybrid",
                                 "30 25 0:26 / /sys/fs/cgroup ro shared:9 - tmpfs tmpfs ro,mode=755\n"
                                 "31 30 0:27 / /sys/fs/cgroup/unified rw shared:10 - cgroup2 cgroup2 rw,nsdelegate\n"
                                 "32 30 0:28 / /sys/fs/cgroup/systemd rw shared:11 - cgroup cgroup rw,name=systemd\n");
-  const auto v1 = dir.write("v1", "32 30 0:28 / /sys/fs/cgroup/systemd rw shared:11 - cgroup cgroup rw,name=systemd\n");
+  const auto v1 = mountinfo("v1", "32 30 0:28 / /sys/fs/cgroup/systemd rw shared:11 - cgroup cgroup rw,name=systemd\n");
   EXPECT_EQ(find_cgroup2_mount(pure).value(), "/sys/fs/cgroup");
   EXPECT_EQ(find_cgroup2_mount(hybrid).value(), "/sys/fs/cgroup/unified");
   EXPECT_FALSE(find_cgroup2_mount(v1));
-  EXPECT_FALSE(find_cgroup2_mount(dir / "missing"));
+  EXPECT_FALSE(find_cgroup2_mount(FsRoot(dir / "missing")));
   EXPECT_TRUE(find_cgroup2_mount());  // this machine has one, pure or hybrid
 }
 
 class FakeProc {
  public:
   void add(pid_t pid, const std::string& cgroup, std::uint64_t start, const std::string& comm = "python3") {
-    const auto d = dir_.path() / std::to_string(pid);
+    const auto d = dir_.path() / "proc" / std::to_string(pid);
     std::filesystem::create_directories(d);
     std::ofstream(d / "cgroup") << cgroup;
     std::ofstream(d / "stat") << pid << " (" << comm
@@ -84,7 +91,7 @@ class FakeProc {
                               << " 1000000 100 18446744073709551615\n";
     std::filesystem::create_symlink("/usr/bin/python3", d / "exe");
   }
-  const std::filesystem::path& root() const { return dir_.path(); }
+  FsRoot root() const { return FsRoot(dir_.path()); }
 
  private:
   test::TempDir dir_;
@@ -94,8 +101,8 @@ TEST(IdentifyProcess, RootCgroupProcessesAreThemselvesAndNeverMerged) {
   FakeProc proc;
   proc.add(100, "0::/\n", 5000);
   proc.add(101, "0::/\n", 5001, "weird) name (x");
-  const auto a = identify_process(100, proc.root());
-  const auto b = identify_process(101, proc.root());
+  const auto a = identify_process(proc.root(), 100);
+  const auto b = identify_process(proc.root(), 101);
   ASSERT_TRUE(a) << a.error().message;
   ASSERT_TRUE(b) << b.error().message;
   EXPECT_EQ(a->kind, WorkloadKind::process);
@@ -110,17 +117,17 @@ TEST(IdentifyProcess, HybridHostUsesTheV2Line) {
   FakeProc proc;
   // Hybrid: v1 controllers say one thing, the unified (v2) hierarchy another; v2 wins.
   proc.add(200, "4:memory:/other\n1:name=systemd:/system.slice/x.service\n0::/system.slice/x.service\n", 1);
-  EXPECT_EQ(identify_process(200, proc.root())->id, "systemd:x.service");
+  EXPECT_EQ(identify_process(proc.root(), 200)->id, "systemd:x.service");
   proc.add(201, "1:name=systemd:/system.slice/y.service\n", 1);  // v1 only: name=systemd
-  EXPECT_EQ(identify_process(201, proc.root())->id, "systemd:y.service");
-  EXPECT_FALSE(identify_process(999, proc.root()));
+  EXPECT_EQ(identify_process(proc.root(), 201)->id, "systemd:y.service");
+  EXPECT_FALSE(identify_process(proc.root(), 999));
 }
 
 TEST(IdentifyProcess, ThisProcess) {
-  const auto self = identify_process(::getpid());
+  const auto self = identify_process(FsRoot(), ::getpid());
   ASSERT_TRUE(self) << self.error().message;
   EXPECT_FALSE(self->id.empty());
 }
 
 }  // namespace
-}  // namespace tally::collectors
+}  // namespace tally

@@ -1,0 +1,46 @@
+#include "agent/base/logging.hpp"
+
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/sinks/systemd_sink.h>
+#include <spdlog/spdlog.h>
+
+namespace tally {
+
+bool stderr_is_journal() {
+  const char* stream = std::getenv("JOURNAL_STREAM");
+  if (stream == nullptr) return false;
+  unsigned long long device = 0, inode = 0;
+  if (std::sscanf(stream, "%llu:%llu", &device, &inode) != 2) return false;
+  struct stat st {};
+  if (fstat(STDERR_FILENO, &st) != 0) return false;
+  return st.st_dev == device && st.st_ino == inode;
+}
+
+void init_logging(spdlog::level::level_enum level) {
+  std::shared_ptr<spdlog::logger> logger;
+  if (stderr_is_journal()) {
+    // The journal stamps time, unit and pid itself; our pattern adds only the message.
+    logger = std::make_shared<spdlog::logger>("tally", std::make_shared<spdlog::sinks::systemd_sink_mt>("tallyd"));
+    logger->set_pattern("%v");
+  } else {
+    logger = spdlog::stderr_color_mt("tally");
+    logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  }
+  logger->set_level(level);
+  logger->flush_on(spdlog::level::info);
+  spdlog::set_default_logger(std::move(logger));
+}
+
+std::optional<spdlog::level::level_enum> parse_log_level(std::string_view name) {
+  const auto level = spdlog::level::from_str(std::string(name));
+  if (level == spdlog::level::off && name != "off") return std::nullopt;
+  return level;
+}
+
+}  // namespace tally

@@ -1,0 +1,13 @@
+#pragma once
+// Text that came from someone else (a client's display name, a segment header): made safe to log and publish.
+
+#include <string>
+#include <string_view>
+
+namespace tally {
+
+// `text` up to its first NUL and at most `max_bytes`, with every byte outside printable ASCII (0x20-0x7e)
+// replaced by '?'.
+std::string printable_ascii(std::string_view text, std::size_t max_bytes = std::string_view::npos);
+
+}  // namespace tally

@@ -1,0 +1,275 @@
+#include "agent/config/config.hpp"
+
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+
+#include <spdlog/common.h>
+#include <toml++/toml.h>
+
+namespace tally::agent {
+namespace {
+
+// Walks one parsed document, checking each key against the schema and remembering the first problem with its
+// position. Keys are checked in one place so that every section gets the same treatment.
+class SchemaReader {
+ public:
+  explicit SchemaReader(std::string_view source) : source_(source) {}
+
+  Error error_at(const toml::source_region& where, std::string_view key, std::string_view problem) const {
+    return make_error(ErrorCode::invalid_argument, "{}:{}:{}: {}: {}", source_, where.begin.line,
+                      where.begin.column, key, problem);
+  }
+
+  // Fails on any key of `table` not in `known`.
+  Result<void> reject_unknown(const toml::table& table, std::string_view prefix,
+                              std::initializer_list<std::string_view> known) const {
+    for (const auto& [key, node] : table) {
+      bool found = false;
+      for (auto k : known) found = found || k == key.str();
+      if (!found) {
+        std::string full = prefix.empty() ? std::string(key.str()) : fmt::format("{}.{}", prefix, key.str());
+        return error_at(key.source(), full, "unknown key");
+      }
+    }
+    return {};
+  }
+
+  Result<const toml::table*> section(const toml::table& root, std::string_view name) const {
+    const toml::node* node = root.get(name);
+    if (node == nullptr) return static_cast<const toml::table*>(nullptr);
+    if (!node->is_table()) return error_at(node->source(), name, "expected a table");
+    return node->as_table();
+  }
+
+  Result<void> read_string(const toml::table& table, std::string_view section, std::string_view key,
+                           std::string& out) const {
+    const toml::node* node = table.get(key);
+    if (node == nullptr) return {};
+    if (!node->is_string()) return error_at(node->source(), full(section, key), "expected a string");
+    out = node->as_string()->get();
+    return {};
+  }
+
+  Result<void> read_bool(const toml::table& table, std::string_view section, std::string_view key,
+                         bool& out) const {
+    const toml::node* node = table.get(key);
+    if (node == nullptr) return {};
+    if (!node->is_boolean()) return error_at(node->source(), full(section, key), "expected true or false");
+    out = node->as_boolean()->get();
+    return {};
+  }
+
+  Result<void> read_uint(const toml::table& table, std::string_view section, std::string_view key,
+                         std::uint32_t minimum, std::uint32_t maximum, std::uint32_t& out) const {
+    const toml::node* node = table.get(key);
+    if (node == nullptr) return {};
+    if (!node->is_integer()) return error_at(node->source(), full(section, key), "expected an integer");
+    const std::int64_t value = node->as_integer()->get();
+    if (value < minimum || value > maximum) {
+      return error_at(node->source(), full(section, key),
+                      fmt::format("{} is out of range [{}, {}]", value, minimum, maximum));
+    }
+    out = static_cast<std::uint32_t>(value);
+    return {};
+  }
+
+  Result<void> read_endpoints(const toml::table& table, std::string_view section, std::string_view key,
+                              EndpointRole role, std::vector<std::string>& out) const {
+    const toml::node* node = table.get(key);
+    if (node == nullptr) return {};
+    if (!node->is_array()) return error_at(node->source(), full(section, key), "expected an array of strings");
+    std::vector<std::string> values;
+    std::set<std::string> seen;
+    const toml::array& array = *node->as_array();
+    for (std::size_t i = 0; i < array.size(); ++i) {
+      const toml::node& item = array[i];
+      const std::string item_key = fmt::format("{}[{}]", full(section, key), i);
+      if (!item.is_string()) return error_at(item.source(), item_key, "expected a string");
+      const std::string& endpoint = item.as_string()->get();
+      if (auto valid = validate_endpoint(endpoint, role); !valid) {
+        return error_at(item.source(), item_key, valid.error().message);
+      }
+      if (!seen.insert(endpoint).second) {
+        return error_at(item.source(), item_key, fmt::format("duplicate endpoint '{}'", endpoint));
+      }
+      values.push_back(endpoint);
+    }
+    out = std::move(values);
+    return {};
+  }
+
+ private:
+  static std::string full(std::string_view section, std::string_view key) {
+    return fmt::format("{}.{}", section, key);
+  }
+  std::string source_;
+};
+
+Result<void> read_agent(const SchemaReader& reader, const toml::table& table, AgentSection& agent) {
+  TALLY_TRY(reader.reject_unknown(table, "agent", {"node_id", "log_level"}));
+  TALLY_TRY(reader.read_string(table, "agent", "node_id", agent.node_id));
+  TALLY_TRY(reader.read_string(table, "agent", "log_level", agent.log_level));
+  if (spdlog::level::from_str(agent.log_level) == spdlog::level::off && agent.log_level != "off") {
+    return reader.error_at(table.get("log_level")->source(), "agent.log_level",
+                           fmt::format("'{}' is not one of trace, debug, info, warn, error, critical, off",
+                                       agent.log_level));
+  }
+  for (char c : agent.node_id) {
+    if (c < 0x21 || c > 0x7e) {
+      return reader.error_at(table.get("node_id")->source(), "agent.node_id",
+                             "must be printable ASCII without spaces");
+    }
+  }
+  return {};
+}
+
+Result<void> read_feed(const SchemaReader& reader, const toml::table& table, FeedSection& feed) {
+  TALLY_TRY(reader.reject_unknown(table, "feed",
+                                  {"bind", "connect", "heartbeat_interval_ms", "usage_interval_ms",
+                                   "send_high_water_mark"}));
+  TALLY_TRY(reader.read_endpoints(table, "feed", "bind", EndpointRole::bind, feed.bind));
+  TALLY_TRY(reader.read_endpoints(table, "feed", "connect", EndpointRole::connect, feed.connect));
+  TALLY_TRY(reader.read_uint(table, "feed", "heartbeat_interval_ms", 10, 3'600'000, feed.heartbeat_interval_ms));
+  TALLY_TRY(reader.read_uint(table, "feed", "usage_interval_ms", 10, 3'600'000, feed.usage_interval_ms));
+  TALLY_TRY(reader.read_uint(table, "feed", "send_high_water_mark", 1, 10'000'000, feed.send_high_water_mark));
+  if (feed.bind.empty() && feed.connect.empty()) {
+    const toml::node* where = table.get("bind") ? table.get("bind") : table.get("connect");
+    return reader.error_at(where ? where->source() : table.source(), "feed",
+                           "bind and connect are both empty: the feed would reach no one");
+  }
+  return {};
+}
+
+Result<void> read_topology(const SchemaReader& reader, const toml::table& table, TopologySection& topology) {
+  TALLY_TRY(reader.reject_unknown(table, "topology", {"nvml_library"}));
+  TALLY_TRY(reader.read_string(table, "topology", "nvml_library", topology.nvml_library));
+  const std::string& library = topology.nvml_library;
+  // A relative path with a '/' would depend on tallyd's working directory.
+  if (library.find('/') != std::string::npos && library.front() != '/') {
+    return reader.error_at(table.get("nvml_library")->source(), "topology.nvml_library",
+                           "expected a library name (libnvidia-ml.so.1), an absolute path, or \"\" for no NVML");
+  }
+  return {};
+}
+
+Result<void> read_probes(const SchemaReader& reader, const toml::table& table, ProbesSection& probes) {
+  TALLY_TRY(reader.reject_unknown(table, "probes", {"enabled"}));
+  return reader.read_bool(table, "probes", "enabled", probes.enabled);
+}
+
+Result<void> read_tenant_rules(const SchemaReader& reader, const toml::table& table,
+                               std::vector<TenantRule>& rules) {
+  const toml::node* node = table.get("tenant_rules");
+  if (node == nullptr) return {};
+  if (!node->is_array()) return reader.error_at(node->source(), "metering.tenant_rules", "expected an array of tables");
+  const toml::array& array = *node->as_array();
+  for (std::size_t i = 0; i < array.size(); ++i) {
+    const std::string key = fmt::format("metering.tenant_rules[{}]", i);
+    if (!array[i].is_table()) return reader.error_at(array[i].source(), key, "expected a table");
+    const toml::table& rule_table = *array[i].as_table();
+    TALLY_TRY(reader.reject_unknown(rule_table, key, {"uid", "cgroup_prefix", "tenants"}));
+    TenantRule rule;
+    if (const toml::node* uid = rule_table.get("uid")) {
+      if (!uid->is_integer() || uid->as_integer()->get() < 0 || uid->as_integer()->get() > 0xfffffffe) {
+        return reader.error_at(uid->source(), key + ".uid", "expected a uid (0 to 4294967294)");
+      }
+      rule.uid = static_cast<std::uint32_t>(uid->as_integer()->get());
+    }
+    TALLY_TRY(reader.read_string(rule_table, key, "cgroup_prefix", rule.cgroup_prefix));
+    if (!rule.uid && rule.cgroup_prefix.empty()) {
+      return reader.error_at(rule_table.source(), key, "needs uid or cgroup_prefix");
+    }
+    const toml::node* tenants = rule_table.get("tenants");
+    if (tenants == nullptr || !tenants->is_array()) {
+      return reader.error_at(tenants ? tenants->source() : rule_table.source(), key + ".tenants",
+                             "expected an array of tenant names");
+    }
+    for (const auto& t : *tenants->as_array()) {
+      if (!t.is_string()) return reader.error_at(t.source(), key + ".tenants", "expected a string");
+      rule.tenants.push_back(t.as_string()->get());
+    }
+    rules.push_back(std::move(rule));
+  }
+  return {};
+}
+
+Result<void> read_metering(const SchemaReader& reader, const toml::table& table, MeteringSection& m) {
+  TALLY_TRY(reader.reject_unknown(table, "metering",
+                                  {"enabled", "socket", "runtime_dir", "state_dir", "drain_interval_ms", "retention_s",
+                                   "lane_records", "slots", "label_sets", "tenant_rules"}));
+  TALLY_TRY(reader.read_bool(table, "metering", "enabled", m.enabled));
+  TALLY_TRY(reader.read_string(table, "metering", "socket", m.socket));
+  TALLY_TRY(reader.read_string(table, "metering", "runtime_dir", m.runtime_dir));
+  TALLY_TRY(reader.read_string(table, "metering", "state_dir", m.state_dir));
+  TALLY_TRY(reader.read_uint(table, "metering", "drain_interval_ms", 1, 60'000, m.drain_interval_ms));
+  TALLY_TRY(reader.read_uint(table, "metering", "retention_s", 0, 30 * 86'400, m.retention_s));
+  TALLY_TRY(reader.read_uint(table, "metering", "lane_records", 2, 65'536, m.lane_records));
+  TALLY_TRY(reader.read_uint(table, "metering", "slots", 1, 1024, m.slots));
+  TALLY_TRY(reader.read_uint(table, "metering", "label_sets", 2, 4096, m.label_sets));
+  for (std::string_view key : {"socket", "runtime_dir", "state_dir"}) {
+    const toml::node* node = table.get(key);
+    const std::string& value = key == "socket" ? m.socket : key == "runtime_dir" ? m.runtime_dir : m.state_dir;
+    if (node != nullptr && (value.empty() || value.front() != '/')) {
+      return reader.error_at(node->source(), fmt::format("metering.{}", key), "expected an absolute path");
+    }
+  }
+  return read_tenant_rules(reader, table, m.tenant_rules);
+}
+
+}  // namespace
+
+Result<Config> parse_config(std::string_view toml_text, std::string_view source_name) {
+  // Debian's toml++ is built with exceptions: a syntax error arrives as toml::parse_error.
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, source_name);
+  } catch (const toml::parse_error& err) {
+    return make_error(ErrorCode::invalid_argument, "{}:{}:{}: {}", source_name, err.source().begin.line,
+                      err.source().begin.column, err.description());
+  }
+  const SchemaReader reader(source_name);
+  Config config;
+  TALLY_TRY(reader.reject_unknown(root, "", {"agent", "feed", "probes", "metering", "topology"}));
+
+  auto agent = reader.section(root, "agent");
+  if (!agent) return agent.error();
+  if (*agent) TALLY_TRY(read_agent(reader, **agent, config.agent));
+
+  auto feed = reader.section(root, "feed");
+  if (!feed) return feed.error();
+  if (*feed) TALLY_TRY(read_feed(reader, **feed, config.feed));
+
+  auto probes = reader.section(root, "probes");
+  if (!probes) return probes.error();
+  if (*probes) TALLY_TRY(read_probes(reader, **probes, config.probes));
+
+  auto metering = reader.section(root, "metering");
+  if (!metering) return metering.error();
+  if (*metering) TALLY_TRY(read_metering(reader, **metering, config.metering));
+
+  auto topology = reader.section(root, "topology");
+  if (!topology) return topology.error();
+  if (*topology) TALLY_TRY(read_topology(reader, **topology, config.topology));
+  return config;
+}
+
+Result<Config> load_config(const std::filesystem::path& path, bool must_exist) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    if (must_exist) return make_error(ErrorCode::not_found, "{}: config file not found", path.string());
+    return Config{};
+  }
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    return make_error(ErrorCode::invalid_argument, "{}: not a regular file", path.string());
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return make_error(ErrorCode::io, "{}: cannot read config file", path.string());
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return make_error(ErrorCode::io, "{}: error reading config file", path.string());
+  return parse_config(text.str(), path.string());
+}
+
+}  // namespace tally::agent

@@ -1,0 +1,90 @@
+#pragma once
+// tallyd's configuration: a TOML file whose every key has a built-in default (docs/configuration.md).
+// Parsing is strict: an unknown key, a wrong type, an out-of-range value or an invalid endpoint is an error that
+// names the file, line and key, so the agent never starts on a configuration it misunderstood.
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agent/base/result.hpp"
+#include "agent/feed/endpoint.hpp"
+#include "shm/format/names.hpp"
+
+namespace tally::agent {
+
+inline constexpr std::string_view kDefaultConfigPath = "/etc/tally/tally.toml";
+
+struct AgentSection {
+  std::string node_id;              // empty: read /etc/machine-id
+  std::string log_level = "info";   // trace, debug, info, warn, error, critical, off
+  bool operator==(const AgentSection&) const = default;
+};
+
+struct FeedSection {
+  std::vector<std::string> bind{std::string(kDefaultFeedEndpoint)};
+  std::vector<std::string> connect;
+  std::uint32_t heartbeat_interval_ms = 5000;
+  std::uint32_t usage_interval_ms = 1000;
+  std::uint32_t send_high_water_mark = 100000;  // messages queued per subscriber before ZeroMQ drops
+  bool operator==(const FeedSection&) const = default;
+};
+
+// eBPF probes (docs/ebpf.md). When they cannot run here the agent warns once and samples /proc/PID/io instead.
+struct ProbesSection {
+  bool enabled = true;
+  bool operator==(const ProbesSection&) const = default;
+};
+
+// Who may claim which tenants in their label sets: a client matching a rule (by uid, or by a cgroup path prefix)
+// may only claim the tenants of the rules it matches ("*": any). A client matching no rule is unrestricted.
+struct TenantRule {
+  std::optional<std::uint32_t> uid;
+  std::string cgroup_prefix;
+  std::vector<std::string> tenants;
+  bool operator==(const TenantRule&) const = default;
+};
+
+// Workload metering over shared memory (docs/shm-format.md, docs/workload-integration.md).
+struct MeteringSection {
+  bool enabled = true;
+  std::string socket{shm::format::kDefaultSocketPath};  // where clients register
+  std::string runtime_dir = "/run/tally";         // segments live in <runtime_dir>/segments (tmpfs)
+  std::string state_dir = "/var/lib/tally";       // checkpoint of cumulative totals
+  std::uint32_t drain_interval_ms = 100;
+  std::uint32_t retention_s = 3600;               // how long an exited workload stays in reports
+  std::uint32_t lane_records = shm::format::kDefaultLaneRecords;  // events per thread lane (clients may ask 2..65536)
+  std::uint32_t slots = shm::format::kDefaultSlots;               // default per-thread slots per client
+  std::uint32_t label_sets = shm::format::kDefaultLabelSets;      // default label sets per client
+  std::vector<TenantRule> tenant_rules;
+  bool operator==(const MeteringSection&) const = default;
+};
+
+// Topology discovery (docs/topology.md).
+struct TopologySection {
+  // NVML library tallyd dlopen()s: a soname searched like the dynamic linker does, or an absolute path.
+  // Empty: do not load NVML (GPUs are still found by PCI class).
+  std::string nvml_library = "libnvidia-ml.so.1";
+  bool operator==(const TopologySection&) const = default;
+};
+
+struct Config {
+  AgentSection agent;
+  FeedSection feed;
+  ProbesSection probes;
+  MeteringSection metering;
+  TopologySection topology;
+  bool operator==(const Config&) const = default;
+};
+
+// Parses TOML text; `source_name` is the file name used in error messages.
+Result<Config> parse_config(std::string_view toml_text, std::string_view source_name);
+
+// Reads and parses a file. A missing file is an error only when `must_exist` (the operator named it with
+// --config); otherwise the built-in defaults apply.
+Result<Config> load_config(const std::filesystem::path& path, bool must_exist);
+
+}  // namespace tally::agent

@@ -1,0 +1,31 @@
+#include "agent/feed/framing.hpp"
+
+namespace tally::agent {
+
+std::string_view topic_of(FeedKind kind) {
+  switch (kind) {
+    case FeedKind::heartbeat: return "heartbeat";
+    case FeedKind::usage: return "usage";
+    case FeedKind::topology: return "topology";
+  }
+  return "unknown";
+}
+
+std::optional<FeedKind> kind_from_topic(std::string_view topic) {
+  for (FeedKind kind : kAllFeedKinds) {
+    if (topic_of(kind) == topic) return kind;
+  }
+  return std::nullopt;
+}
+
+std::optional<FeedKind> kind_of(const v1::Envelope& envelope) {
+  switch (envelope.body_case()) {
+    case v1::Envelope::kHeartbeat: return FeedKind::heartbeat;
+    case v1::Envelope::kUsage: return FeedKind::usage;
+    case v1::Envelope::kTopology: return FeedKind::topology;
+    case v1::Envelope::BODY_NOT_SET: break;
+  }
+  return std::nullopt;
+}
+
+}  // namespace tally::agent

@@ -1,0 +1,292 @@
+#include "shm/segments/registration_server.hpp"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "agent/base/files.hpp"
+#include "agent/base/proc.hpp"
+#include "agent/base/text.hpp"
+#include "agent/base/unix_socket.hpp"
+#include "shm/format/registration_protocol.hpp"
+
+namespace tally::shm {
+namespace {
+
+std::uint32_t clamp_shape(std::uint32_t wished, std::uint32_t fallback, std::uint32_t minimum, std::uint32_t maximum) {
+  return std::clamp(wished == 0 ? fallback : wished, minimum, maximum);
+}
+
+std::uint32_t round_up_power_of_two(std::uint32_t v) {
+  std::uint32_t p = 1;
+  while (p < v) p <<= 1;
+  return p;
+}
+
+Result<void> make_directory(const std::filesystem::path& dir, std::filesystem::perms perms) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return make_error(ErrorCode::io, "{}: cannot create directory: {}", dir.string(), ec.message());
+  std::filesystem::permissions(dir, perms, ec);  // best effort: it may belong to someone else (tests, /tmp)
+  return {};
+}
+
+}  // namespace
+
+std::filesystem::path control_path_of(const std::filesystem::path& segment_path) {
+  auto p = segment_path;
+  return p.replace_extension(".ctl");
+}
+
+std::filesystem::path meta_path_of(const std::filesystem::path& segment_path) {
+  auto p = segment_path;
+  return p.replace_extension(".meta");
+}
+
+Result<void> write_registration(const Registration& r, const std::filesystem::path& meta_path) {
+  const nlohmann::json doc = {{"segment", r.segment_path.string()},
+                              {"control", r.control_path.string()},
+                              {"pid", r.producer.pid},
+                              {"uid", r.producer.uid},
+                              {"gid", r.producer.gid},
+                              {"start_ticks", r.producer.start_ticks},
+                              {"workload_name", r.workload_name},
+                              {"identity", to_json(r.identity)}};
+  // On tmpfs: atomic against a crash of the agent, nothing to sync.
+  return write_file_atomically(meta_path, doc.dump(), Durability::atomic);
+}
+
+Result<Registration> read_registration(const std::filesystem::path& meta_path) {
+  const auto text = read_file(meta_path);
+  if (!text) return make_error(ErrorCode::not_found, "{}: cannot read", meta_path.string());
+  try {
+    const auto doc = nlohmann::json::parse(*text);
+    Registration r;
+    r.segment_path = doc.at("segment").get<std::string>();
+    r.control_path = doc.at("control").get<std::string>();
+    r.producer.pid = doc.at("pid").get<pid_t>();
+    r.producer.uid = doc.at("uid").get<uid_t>();
+    r.producer.gid = doc.at("gid").get<gid_t>();
+    r.producer.start_ticks = doc.at("start_ticks").get<std::uint64_t>();
+    r.workload_name = doc.at("workload_name").get<std::string>();
+    auto identity = identity_from_json(doc.at("identity"));
+    if (!identity) return make_error(ErrorCode::invalid_argument, "{}: {}", meta_path.string(), identity.error().message);
+    r.identity = std::move(*identity);
+    return r;
+  } catch (const std::exception& e) {
+    return make_error(ErrorCode::invalid_argument, "{}: {}", meta_path.string(), e.what());
+  }
+}
+
+Result<std::unique_ptr<RegistrationServer>> RegistrationServer::listen(Options options, OnRegistered on_registered) {
+  using std::filesystem::perms;
+  TALLY_TRY(make_directory(options.socket_path.parent_path(), perms::owner_all | perms::group_read |
+                                                                  perms::group_exec | perms::others_read |
+                                                                  perms::others_exec));
+  TALLY_TRY(make_directory(options.segment_dir, perms::owner_all | perms::group_read | perms::group_exec |
+                                                    perms::others_read | perms::others_exec));
+  const std::string path = options.socket_path.string();
+  const auto unix_address = unix_socket_address(path);
+  if (!unix_address) return make_error(ErrorCode::invalid_argument, "{}: socket path is empty or too long", path);
+  const sockaddr_un& address = *unix_address;
+
+  // A socket file that a live agent answers on is not ours to take; a stale one (nobody listening) is replaced.
+  {
+    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (probe && ::connect(probe.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0) {
+      return make_error(ErrorCode::io, "{}: another agent is already listening there", path);
+    }
+    ::unlink(path.c_str());
+  }
+  auto server = std::unique_ptr<RegistrationServer>(new RegistrationServer(std::move(options), std::move(on_registered)));
+  server->listener_ = UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!server->listener_) return make_error(ErrorCode::io, "socket: {}", std::strerror(errno));
+  if (::bind(server->listener_.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0) {
+    return make_error(ErrorCode::io, "{}: bind: {}", path, std::strerror(errno));
+  }
+  ::chmod(path.c_str(), 0666);  // any local user may register; who they are comes from SO_PEERCRED
+  if (::listen(server->listener_.get(), 128) != 0) {
+    return make_error(ErrorCode::io, "{}: listen: {}", path, std::strerror(errno));
+  }
+  server->epoll_ = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
+  if (!server->epoll_) return make_error(ErrorCode::io, "epoll_create1: {}", std::strerror(errno));
+  epoll_event event{};
+  event.events = EPOLLIN;
+  event.data.fd = server->listener_.get();
+  if (::epoll_ctl(server->epoll_.get(), EPOLL_CTL_ADD, server->listener_.get(), &event) != 0) {
+    return make_error(ErrorCode::io, "epoll_ctl: {}", std::strerror(errno));
+  }
+  return server;
+}
+
+RegistrationServer::~RegistrationServer() {
+  for (const auto& [fd, since] : pending_) ::close(fd);
+  if (listener_) ::unlink(options_.socket_path.c_str());
+}
+
+void RegistrationServer::on_readable() {
+  epoll_event events[32];
+  const int n = ::epoll_wait(epoll_.get(), events, 32, 0);
+  for (int i = 0; i < n; ++i) {
+    const int fd = events[i].data.fd;
+    if (fd == listener_.get()) {
+      accept_all();
+    } else if (pending_.contains(fd)) {
+      serve(fd);
+    }
+  }
+  expire_pending();
+}
+
+void RegistrationServer::accept_all() {
+  while (true) {
+    const int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) return;  // EAGAIN, or a transient error: the next readiness tries again
+    epoll_event event{};
+    event.events = EPOLLIN | EPOLLRDHUP;
+    event.data.fd = fd;
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event) != 0) {
+      ::close(fd);
+      continue;
+    }
+    pending_[fd] = std::chrono::steady_clock::now();
+  }
+}
+
+void RegistrationServer::close_pending(int fd) {
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+  ::close(fd);
+  pending_.erase(fd);
+}
+
+void RegistrationServer::expire_pending() {
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<int> expired;
+  for (const auto& [fd, since] : pending_) {
+    if (now - since > options_.request_timeout) expired.push_back(fd);
+  }
+  for (int fd : expired) close_pending(fd);
+}
+
+void RegistrationServer::reply(int fd, int status, const std::string& message, const CreatedSegment* segment) {
+  protocol::Reply r{};
+  r.magic = protocol::kReplyMagic;
+  r.version = protocol::kVersion;
+  r.status = static_cast<protocol::Status>(status);
+  std::memcpy(r.message, message.data(), std::min(message.size(), sizeof r.message - 1));
+  iovec io{&r, sizeof r};
+  msghdr msg{};
+  msg.msg_iov = &io;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(2 * sizeof(int))] = {};
+  if (segment != nullptr) {
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* h = CMSG_FIRSTHDR(&msg);
+    h->cmsg_level = SOL_SOCKET;
+    h->cmsg_type = SCM_RIGHTS;
+    h->cmsg_len = CMSG_LEN(2 * sizeof(int));
+    const int fds[2] = {segment->segment.get(), segment->control_read_only.get()};
+    std::memcpy(CMSG_DATA(h), fds, sizeof fds);
+  }
+  if (::sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) != static_cast<ssize_t>(sizeof r)) {
+    spdlog::warn("registration: could not send the reply: {}", std::strerror(errno));
+  }
+}
+
+void RegistrationServer::serve(int fd) {
+  protocol::Request request{};
+  const ssize_t n = ::recv(fd, &request, sizeof request, MSG_DONTWAIT | MSG_PEEK);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+  if (n > 0 && n < static_cast<ssize_t>(sizeof request)) {
+    return;  // the rest is on its way (or the client hangs, and the timeout closes it)
+  }
+  if (n <= 0) {
+    close_pending(fd);
+    return;
+  }
+  (void)::recv(fd, &request, sizeof request, MSG_DONTWAIT);
+
+  ucred cred{};
+  socklen_t cred_size = sizeof cred;
+  auto refuse = [&](protocol::Status status, const std::string& message) {
+    ++refused_;
+    spdlog::warn("registration refused (pid {}, uid {}): {}", cred.pid, cred.uid, message);
+    reply(fd, static_cast<int>(status), message, nullptr);
+    close_pending(fd);
+  };
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_size) != 0) {
+    refuse(protocol::Status::internal, "SO_PEERCRED failed");
+    return;
+  }
+  if (request.magic != protocol::kRequestMagic) {
+    refuse(protocol::Status::bad_request, "not a tally registration request");
+    return;
+  }
+  if (request.version != protocol::kVersion) {
+    refuse(protocol::Status::unsupported_version,
+           fmt::format("protocol version {} is not supported (agent speaks {})", request.version, protocol::kVersion));
+    return;
+  }
+  const FsRoot fs(options_.fs_root);
+  const auto start_ticks = read_process_start_ticks(fs, cred.pid);
+  auto identity = identify_process(fs, cred.pid);
+  if (!start_ticks || !identity) {
+    refuse(protocol::Status::internal,
+           fmt::format("cannot identify pid {}: {}", cred.pid, identity ? "no start time" : identity.error().message));
+    return;
+  }
+  const SegmentLimits& l = options_.limits;
+  SegmentShape shape;
+  shape.lane_records = round_up_power_of_two(clamp_shape(request.lane_records, l.default_lane_records,
+                                                         format::kMinLaneRecords, l.max_lane_records));
+  shape.slot_count = clamp_shape(request.slot_count, l.default_slots, 1, l.max_slots);
+  shape.label_capacity = clamp_shape(request.label_capacity, l.default_label_sets, 2, l.max_label_sets);
+  const std::string name = printable_ascii(std::string_view(request.workload_name, sizeof request.workload_name - 1));
+
+  Registration registration;
+  registration.segment_path =
+      options_.segment_dir / fmt::format("{}-{}-{}-{}.seg", cred.pid, *start_ticks, ::getpid(), ++sequence_);
+  registration.control_path = control_path_of(registration.segment_path);
+  registration.producer = Producer{cred.pid, cred.uid, cred.gid, *start_ticks};
+  registration.workload_name = name;
+  registration.identity = std::move(*identity);
+  auto created = create_segment(registration.segment_path, registration.control_path, shape, registration.producer,
+                                name);
+  if (!created) {
+    refuse(protocol::Status::internal, created.error().message);
+    return;
+  }
+  auto remove_files = [&] {
+    ::unlink(registration.segment_path.c_str());
+    ::unlink(registration.control_path.c_str());
+    ::unlink(meta_path_of(registration.segment_path).c_str());
+  };
+  if (auto written = write_registration(registration, meta_path_of(registration.segment_path)); !written) {
+    remove_files();
+    refuse(protocol::Status::internal, written.error().message);
+    return;
+  }
+  if (auto accepted = on_registered_(registration); !accepted) {
+    remove_files();
+    refuse(protocol::Status::refused, accepted.error().message);
+    return;
+  }
+  ++accepted_;
+  spdlog::info("registered pid {} (uid {}) as {} ('{}'): {}", cred.pid, cred.uid, registration.identity.id, name,
+               registration.segment_path.string());
+  reply(fd, static_cast<int>(protocol::Status::ok), "", &created.value());
+  close_pending(fd);
+}
+
+}  // namespace tally::shm

@@ -1,0 +1,93 @@
+#pragma once
+// The agent's end of client registration: a Unix stream socket where each client sends one Request
+// (registration_protocol.hpp) and receives its segment. Who the client is comes from SO_PEERCRED and
+// /proc/PID/cgroup (collectors/workload_identity), never from the request.
+//
+// Made for an event loop: no threads of its own. fd() is an epoll descriptor that becomes readable when a
+// connection or a request is pending; the owner's loop calls on_readable(), which never blocks. A client that
+// connects and sends nothing costs one descriptor until it hangs up or `request_timeout` passes.
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "agent/base/result.hpp"
+#include "agent/base/workload_identity.hpp"
+#include "shm/format/names.hpp"
+#include "shm/segments/segment_file.hpp"
+
+namespace tally::shm {
+
+// What the agent knows about a segment, from the kernel: stored next to it as <name>.meta (agent-only, mode 0600)
+// so that a restarted agent knows whose segment it is even when the producer has exited meanwhile.
+struct Registration {
+  std::filesystem::path segment_path;
+  std::filesystem::path control_path;
+  Producer producer;
+  std::string workload_name;  // as the client called itself: display only
+  WorkloadIdentity identity;
+};
+
+Result<void> write_registration(const Registration& registration, const std::filesystem::path& meta_path);
+Result<Registration> read_registration(const std::filesystem::path& meta_path);
+// Paths of a segment's companions: <stem>.ctl and <stem>.meta next to <stem>.seg.
+std::filesystem::path control_path_of(const std::filesystem::path& segment_path);
+std::filesystem::path meta_path_of(const std::filesystem::path& segment_path);
+
+// Segment shapes the agent grants: a request's wishes are clamped into [minimum, maximum]; 0 asks for the default.
+struct SegmentLimits {
+  std::uint32_t default_lane_records = format::kDefaultLaneRecords, max_lane_records = format::kMaxLaneRecords;
+  std::uint32_t default_slots = format::kDefaultSlots, max_slots = 256;
+  std::uint32_t default_label_sets = format::kDefaultLabelSets, max_label_sets = format::kMaxLabelSets;
+};
+
+class RegistrationServer {
+ public:
+  struct Options {
+    std::filesystem::path socket_path{std::string(format::kDefaultSocketPath)};
+    std::filesystem::path segment_dir = "/run/tally/segments";
+    std::filesystem::path fs_root = "/";  // where proc/ is read (FsRoot)
+    SegmentLimits limits;
+    std::chrono::milliseconds request_timeout{2000};
+  };
+  // Called for each accepted client, after its segment exists and before the reply is sent. Returning an Error
+  // refuses the client with that message (and removes the segment).
+  using OnRegistered = std::function<Result<void>(const Registration&)>;
+
+  // Creates the directories, binds and listens. Refuses to take over a socket another live agent answers on; a
+  // stale socket file is replaced.
+  static Result<std::unique_ptr<RegistrationServer>> listen(Options options, OnRegistered on_registered);
+  ~RegistrationServer();
+  RegistrationServer(const RegistrationServer&) = delete;
+  RegistrationServer& operator=(const RegistrationServer&) = delete;
+
+  int fd() const { return epoll_.get(); }
+  void on_readable();
+
+  std::uint64_t accepted() const { return accepted_; }
+  std::uint64_t refused() const { return refused_; }
+
+ private:
+  RegistrationServer(Options options, OnRegistered on_registered)
+      : options_(std::move(options)), on_registered_(std::move(on_registered)) {}
+  void accept_all();
+  void serve(int fd);
+  void expire_pending();
+  void close_pending(int fd);
+  void reply(int fd, int status, const std::string& message, const CreatedSegment* segment);
+
+  Options options_;
+  OnRegistered on_registered_;
+  UniqueFd listener_, epoll_;
+  std::map<int, std::chrono::steady_clock::time_point> pending_;  // accepted, request not yet read
+  std::uint64_t accepted_ = 0, refused_ = 0, sequence_ = 0;
+};
+
+}  // namespace tally::shm

@@ -1,0 +1,272 @@
+#include "shm/segments/segment_reader.hpp"
+
+#include "agent/base/text.hpp"
+#include "shm/format/names.hpp"
+
+#include <atomic>
+#include <cstring>
+
+namespace tally::shm {
+
+using format::load_acquire;
+using format::load_relaxed;
+using format::store_release;
+
+namespace {
+
+std::string_view counter_label(std::uint32_t k) {
+  return k < format::kBuiltinCounters ? format::kBuiltinCounterNames[k] : std::string_view("user");
+}
+
+}  // namespace
+
+std::string LabelSet::value_of(std::string_view key) const {
+  for (const auto& [k, v] : pairs) {
+    if (k == key) return v;
+  }
+  return {};
+}
+
+bool valid_utf8(std::string_view text) {
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    std::size_t extra = 0;
+    std::uint32_t cp = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xe0) == 0xc0) {
+      extra = 1;
+      cp = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      extra = 2;
+      cp = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      extra = 3;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + extra >= text.size()) return false;
+    for (std::size_t j = 1; j <= extra; ++j) {
+      const auto cc = static_cast<unsigned char>(text[i + j]);
+      if ((cc & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    static constexpr std::uint32_t minimum[4] = {0, 0x80, 0x800, 0x10000};
+    if (cp < minimum[extra] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += extra + 1;
+  }
+  return true;
+}
+
+Result<LabelSet> parse_label_text(std::string_view text) {
+  LabelSet set;
+  set.text = std::string(text);
+  if (!valid_utf8(text)) return make_error(ErrorCode::invalid_argument, "label text is not valid UTF-8");
+  if (text.empty()) return set;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string_view::npos) end = text.size();
+    const std::string_view pair = text.substr(start, end - start);
+    const std::size_t eq = pair.find('=');
+    if (eq == std::string_view::npos || eq == 0) {
+      return make_error(ErrorCode::invalid_argument, "label pair '{}' is not key=value", pair);
+    }
+    for (char c : pair) {
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+        return make_error(ErrorCode::invalid_argument, "label pair contains a control character");
+      }
+    }
+    set.pairs.emplace_back(std::string(pair.substr(0, eq)), std::string(pair.substr(eq + 1)));
+    start = end + 1;
+  }
+  return set;
+}
+
+Result<SegmentReader> SegmentReader::attach(std::span<std::byte> bytes) {
+  using format::Header;
+  if (bytes.size() < sizeof(Header)) {
+    return make_error(ErrorCode::invalid_argument, "{}", format::header_problem(Header{}, bytes.size()));
+  }
+  if (reinterpret_cast<std::uintptr_t>(bytes.data()) % 64 != 0) {
+    return make_error(ErrorCode::invalid_argument, "segment mapping is not 64-byte aligned");
+  }
+  auto* h = reinterpret_cast<Header*>(bytes.data());
+  // Layout fields are read once here and never again: a client changing them later changes nothing.
+  if (const std::string problem = format::header_problem(*h, bytes.size()); !problem.empty()) {
+    const ErrorCode code = format::load_relaxed(h->magic) == format::kMagic &&
+                                   format::load_relaxed(h->version) != format::kVersion
+                               ? ErrorCode::unsupported
+                               : ErrorCode::invalid_argument;
+    return make_error(code, "{}", problem);
+  }
+  const std::uint32_t labels = load_relaxed(h->label_capacity);
+  const std::uint32_t slots = load_relaxed(h->slot_count);
+  const std::uint32_t records = load_relaxed(h->lane_records);
+  const format::Layout layout = format::compute_layout(labels, slots, records);
+  SegmentReader reader(bytes, layout);
+  reader.header_ = h;
+  reader.label_capacity_ = labels;
+  reader.slot_count_ = slots;
+  reader.lane_mask_ = records - 1;
+  reader.tails_.resize(slots);
+  for (std::uint32_t s = 0; s < slots; ++s) {
+    auto* slot = reader.at<format::SlotHeader>(layout.slots_offset + std::uint64_t{s} * layout.slot_stride);
+    const std::uint64_t head = load_acquire(slot->head);
+    const std::uint64_t tail = load_relaxed(slot->tail);
+    if (tail > head || head - tail > records) {
+      return make_error(ErrorCode::invalid_argument, "lane {}: tail {} and head {} are inconsistent (capacity {})", s,
+                        tail, head, records);
+    }
+    reader.tails_[s] = tail;  // resume where the previous agent instance stopped
+  }
+  return reader;
+}
+
+std::string SegmentReader::workload_name() const {
+  char name[sizeof header_->workload_name];
+  for (std::size_t i = 0; i < sizeof name; ++i) name[i] = load_relaxed(header_->workload_name[i]);
+  return printable_ascii(std::string_view(name, sizeof name));
+}
+
+Result<void> SegmentReader::read_labels() {
+  const std::uint32_t count = load_acquire(header_->label_count);
+  if (count > label_capacity_) {
+    return make_error(ErrorCode::invalid_argument, "label count {} exceeds capacity {}", count, label_capacity_);
+  }
+  auto* entries = at<format::LabelEntry>(layout_.labels_offset);
+  while (labels_.size() < count) {
+    const auto handle = static_cast<std::uint32_t>(labels_.size());
+    format::LabelEntry& e = entries[handle];
+    if (load_acquire(e.committed) != 1) break;  // being written: next tick
+    const std::uint32_t length = load_relaxed(e.length);
+    if (length > format::kLabelTextBytes) {
+      return make_error(ErrorCode::invalid_argument, "label set {}: length {} exceeds {}", handle, length,
+                        format::kLabelTextBytes);
+    }
+    std::string text(length, '\0');
+    for (std::uint32_t i = 0; i < length; ++i) text[i] = load_relaxed(e.text[i]);
+    auto parsed = parse_label_text(text);
+    if (!parsed) return make_error(ErrorCode::invalid_argument, "label set {}: {}", handle, parsed.error().message);
+    labels_.push_back(std::move(*parsed));
+    counters_.emplace_back();
+    gauges_.emplace_back();
+  }
+  const std::uint32_t names = load_acquire(header_->user_counter_count);
+  if (names > format::kCounterCount - format::kBuiltinCounters) {
+    return make_error(ErrorCode::invalid_argument, "user counter count {} exceeds {}", names,
+                      format::kCounterCount - format::kBuiltinCounters);
+  }
+  const char* table = at<const char>(layout_.names_offset);
+  while (counter_names_.size() < names) {
+    const char* entry = table + counter_names_.size() * format::kCounterNameBytes;
+    std::string name;
+    for (std::uint32_t i = 0; i < format::kCounterNameBytes; ++i) {
+      const char c = load_relaxed(entry[i]);
+      if (c == '\0') break;
+      const bool ok = format::counter_name_char(c);
+      if (!ok || i + 1 == format::kCounterNameBytes) {
+        return make_error(ErrorCode::invalid_argument, "user counter {}: malformed name", counter_names_.size());
+      }
+      name += c;
+    }
+    if (name.empty()) return make_error(ErrorCode::invalid_argument, "user counter {}: empty name", counter_names_.size());
+    counter_names_.push_back(std::move(name));
+  }
+  return {};
+}
+
+Result<void> SegmentReader::read_counters() {
+  const std::uint32_t used = load_acquire(header_->slots_used);
+  if (used > slot_count_) {
+    return make_error(ErrorCode::invalid_argument, "slots used {} exceeds slot count {}", used, slot_count_);
+  }
+  const auto* overflow = at<const std::uint64_t>(layout_.overflow_offset);
+  const auto* gauges = at<const std::uint64_t>(layout_.gauges_offset);
+  for (std::uint32_t handle = 1; handle < labels_.size(); ++handle) {
+    CounterArray& sum = scratch_;
+    for (std::uint32_t k = 0; k < format::kCounterCount; ++k) {
+      sum[k] = load_relaxed(overflow[std::size_t{handle} * format::kCounterCount + k]);
+    }
+    for (std::uint32_t s = 0; s < used; ++s) {
+      const auto* cells = at<const std::uint64_t>(layout_.slots_offset + std::uint64_t{s} * layout_.slot_stride +
+                                                  layout_.counters_in_slot) +
+                          std::size_t{handle} * format::kCounterCount;
+      for (std::uint32_t k = 0; k < format::kCounterCount; ++k) sum[k] += load_relaxed(cells[k]);
+    }
+    for (std::uint32_t k = 0; k < format::kCounterCount; ++k) {
+      if (sum[k] < counters_[handle][k]) {
+        return make_error(ErrorCode::invalid_argument, "label set {}: counter {} went backwards from {} to {}", handle,
+                          counter_label(k), counters_[handle][k], sum[k]);
+      }
+    }
+    counters_[handle] = sum;
+    for (std::uint32_t g = 0; g < format::kGaugeCount; ++g) {
+      gauges_[handle][g] = load_relaxed(gauges[std::size_t{handle} * format::kGaugeCount + g]);
+    }
+  }
+  return {};
+}
+
+Result<void> SegmentReader::drain_lanes(std::vector<RequestEvent>& events) {
+  const std::uint32_t used = load_acquire(header_->slots_used);  // checked in read_counters
+  auto known = static_cast<std::uint32_t>(labels_.size());
+  std::uint64_t dropped = std::atomic_ref<std::uint64_t>(header_->overflow_dropped).load(std::memory_order_relaxed);
+  for (std::uint32_t s = 0; s < used; ++s) {
+    std::byte* base = bytes_.data() + layout_.slots_offset + std::uint64_t{s} * layout_.slot_stride;
+    auto* slot = reinterpret_cast<format::SlotHeader*>(base);
+    auto* records = reinterpret_cast<const format::Record*>(base + layout_.records_in_slot);
+    dropped += load_relaxed(slot->dropped);
+    const std::uint64_t head = load_acquire(slot->head);
+    const std::uint64_t tail = tails_[s];
+    if (head < tail) {
+      return make_error(ErrorCode::invalid_argument, "lane {}: head went backwards from {} to {}", s, tail, head);
+    }
+    if (head - tail > std::uint64_t{lane_mask_} + 1) {
+      return make_error(ErrorCode::invalid_argument, "lane {}: head {} overran tail {} (capacity {})", s, head, tail,
+                        lane_mask_ + 1);
+    }
+    for (std::uint64_t i = tail; i < head; ++i) {
+      const format::Record& r = records[i & lane_mask_];
+      const std::uint32_t commit = load_acquire(r.commit);
+      RequestEvent e{load_relaxed(r.labels),     load_relaxed(r.status),      load_relaxed(r.tool_calls),
+                     load_relaxed(r.tokens_in),  load_relaxed(r.tokens_out),  load_relaxed(r.ttft_ns),
+                     load_relaxed(r.duration_ns), load_relaxed(r.gpu_time_ns)};
+      // A writer stores the fields, then the commit (release), then the head (release); it only rewrites this
+      // record after our tail passed it. So after the acquire loads of head and commit the fields are whole; the
+      // second look at the commit catches a hostile writer scribbling meanwhile (its data is then skipped).
+      const std::uint32_t again = load_acquire(r.commit);
+      if (commit != static_cast<std::uint32_t>(i + 1) || again != commit) {
+        ++torn_;  // never published completely: skipped, never read as valid
+        continue;
+      }
+      if (e.labels >= known && e.labels < label_capacity_) {
+        TALLY_TRY(read_labels());  // interned after we looked: legitimate
+        known = static_cast<std::uint32_t>(labels_.size());
+      }
+      if (e.labels == 0 || e.labels >= known) {
+        return make_error(ErrorCode::invalid_argument, "lane {} record {}: label set {} out of range [1, {})", s, i,
+                          e.labels, known);
+      }
+      events.push_back(e);
+    }
+    tails_[s] = head;
+    store_release(slot->tail, head);
+  }
+  if (dropped < dropped_) {
+    return make_error(ErrorCode::invalid_argument, "dropped count went backwards from {} to {}", dropped_, dropped);
+  }
+  dropped_ = dropped;
+  return {};
+}
+
+Result<void> SegmentReader::drain(std::vector<RequestEvent>& events) {
+  TALLY_TRY(read_labels());
+  TALLY_TRY(read_counters());
+  return drain_lanes(events);
+}
+
+}  // namespace tally::shm
