@@ -57,8 +57,11 @@ void set_probes(int mode) {
   g_probes.reset();
   g_probes_mode = 0;
   if (mode == 0) return;
-  auto probes = KernelProbes::start({g_cgroup2_root, tally::collectors::accelerator_majors(),
-                                     mode == 2 ? SocketHook::sys_exit : SocketHook::automatic});
+  tally::collectors::ProbeOptions options;
+  options.cgroup2_root = g_cgroup2_root;
+  options.accelerator_majors = tally::collectors::accelerator_majors();
+  options.socket_hook = mode == 2 ? SocketHook::sys_exit : SocketHook::automatic;
+  auto probes = KernelProbes::start(options);
   if (!probes) {
     std::fprintf(stderr, "probes: %s\n", probes.error().message.c_str());
     std::exit(1);

@@ -35,37 +35,13 @@
 
 namespace tally::collectors {
 
-KernelCounters& KernelCounters::operator+=(const KernelCounters& other) {
-  io_read_bytes += other.io_read_bytes;
-  io_write_bytes += other.io_write_bytes;
-  socket_rx_bytes += other.socket_rx_bytes;
-  socket_tx_bytes += other.socket_tx_bytes;
-  net_rx_bytes += other.net_rx_bytes;
-  net_tx_bytes += other.net_tx_bytes;
-  processes_started += other.processes_started;
-  processes_exited += other.processes_exited;
-  execs += other.execs;
-  gpu_device_opens += other.gpu_device_opens;
-  events_dropped += other.events_dropped;
-  return *this;
+namespace {
+
+void add(KernelCounters& into, const KernelCounters& other) {
+  for (const auto& field : kKernelCounterFields) into.*field.member += other.*field.member;
 }
 
-KernelCounters KernelCounters::since(const KernelCounters& earlier) const {
-  auto delta = [](std::uint64_t now, std::uint64_t then) { return now >= then ? now - then : 0; };
-  KernelCounters d;
-  d.io_read_bytes = delta(io_read_bytes, earlier.io_read_bytes);
-  d.io_write_bytes = delta(io_write_bytes, earlier.io_write_bytes);
-  d.socket_rx_bytes = delta(socket_rx_bytes, earlier.socket_rx_bytes);
-  d.socket_tx_bytes = delta(socket_tx_bytes, earlier.socket_tx_bytes);
-  d.net_rx_bytes = delta(net_rx_bytes, earlier.net_rx_bytes);
-  d.net_tx_bytes = delta(net_tx_bytes, earlier.net_tx_bytes);
-  d.processes_started = delta(processes_started, earlier.processes_started);
-  d.processes_exited = delta(processes_exited, earlier.processes_exited);
-  d.execs = delta(execs, earlier.execs);
-  d.gpu_device_opens = delta(gpu_device_opens, earlier.gpu_device_opens);
-  d.events_dropped = delta(events_dropped, earlier.events_dropped);
-  return d;
-}
+}  // namespace
 
 std::vector<std::uint32_t> accelerator_majors(const FsRoot& fs) {
   // Fixed majors first (devices.txt: 195 NVIDIA, 226 DRI), then the dynamic ones by driver name.
@@ -275,6 +251,7 @@ static int on_ring_event(void* context, void* data, std::size_t size) {
   event.ppid = static_cast<pid_t>(raw.ppid);
   event.exit_code = static_cast<int>(raw.exit_code);
   event.cgroup_id = raw.cgroup_id;
+  event.key = raw.cgroup_id;
   event.timestamp_ns = raw.timestamp_ns;
   event.major = raw.major;
   event.minor = raw.minor;
@@ -418,9 +395,9 @@ Result<std::map<std::uint64_t, KernelCounters>> KernelProbes::read_counters() {
     if (bpf_map_lookup_elem(impl_->counters_fd, &key, per_cpu.data()) != 0) continue;  // deleted meanwhile
     KernelCounters sum;  // assigned, not added: a concurrent delete makes the walk restart and revisit keys
     for (const tally_counters& c : per_cpu) {
-      sum += KernelCounters{c.io_read_bytes,     c.io_write_bytes,    c.socket_rx_bytes, c.socket_tx_bytes,
-                            c.net_rx_bytes,      c.net_tx_bytes,      c.processes_started, c.processes_exited,
-                            c.execs,             c.gpu_device_opens,  c.events_dropped};
+      add(sum, KernelCounters{c.io_read_bytes,     c.io_write_bytes,    c.socket_rx_bytes, c.socket_tx_bytes,
+                              c.net_rx_bytes,      c.net_tx_bytes,      c.processes_started, c.processes_exited,
+                              c.execs,             c.gpu_device_opens,  c.events_dropped});
     }
     result[key] = sum;
   }
@@ -443,12 +420,20 @@ Result<std::map<std::uint64_t, KernelCounters>> KernelProbes::read_counters() {
   return result;
 }
 
-void KernelProbes::forget_cgroup(std::uint64_t cgroup_id) {
+void KernelProbes::forget(std::uint64_t cgroup_id) {
   bpf_map_delete_elem(impl_->counters_fd, &cgroup_id);
   impl_->reported_io.erase(cgroup_id);
 }
 
 int KernelProbes::events_fd() const { return ring_buffer__epoll_fd(impl_->ring.get()); }
+
+bool KernelProbes::adopted() const { return false; }
+const std::string& KernelProbes::epoch() const {
+  static const std::string none;
+  return none;
+}
+ProbeStats KernelProbes::stats() const { return {}; }
+Result<bool> KernelProbes::remove_pinned(const std::filesystem::path&) { return false; }
 
 Result<int> KernelProbes::consume_events(const std::function<void(const KernelEvent&)>& handler) {
   impl_->handler = &handler;
@@ -479,8 +464,15 @@ Result<std::map<std::uint64_t, KernelCounters>> KernelProbes::read_counters() {
   return std::map<std::uint64_t, KernelCounters>{};
 }
 bool kernel_has_socket_length_tracepoints() { return false; }
-void KernelProbes::forget_cgroup(std::uint64_t) {}
+void KernelProbes::forget(std::uint64_t) {}
 int KernelProbes::events_fd() const { return -1; }
+bool KernelProbes::adopted() const { return false; }
+const std::string& KernelProbes::epoch() const {
+  static const std::string none;
+  return none;
+}
+ProbeStats KernelProbes::stats() const { return {}; }
+Result<bool> KernelProbes::remove_pinned(const std::filesystem::path&) { return false; }
 Result<int> KernelProbes::consume_events(const std::function<void(const KernelEvent&)>&) { return 0; }
 
 #endif

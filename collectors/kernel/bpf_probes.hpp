@@ -1,25 +1,33 @@
 #pragma once
 // The eBPF probes (ebpf/*.bpf.c) seen from userspace: a runtime support check, and KernelProbes, the one owner of
-// the loaded programs, their links and the shared maps. Loading is a short visible chain: check support → open
-// each skeleton → set rodata (syscall table, accelerator majors) → share the maps → load → attach.
+// the loaded programs, their links and the shared maps. Loading is a short visible chain: check support → adopt
+// what a previous agent pinned, or open each skeleton → set rodata → share the maps → load → attach → pin.
 //
-// IO bytes are the kernel's own rchar/wchar (/proc/PID/io), per cgroup: exited threads are added up in the kernel
-// at sched_process_exit, live threads are read with a BPF task iterator on each read_counters(). Nothing runs per
-// syscall. Socket bytes come from the sock_send_length/sock_recv_length tracepoints (6.3+), or on older kernels
-// from a fallback program on sys_exit (which makes every syscall take the tracing slow path: docs/ebpf.md).
+// IO bytes are the kernel's own rchar/wchar (/proc/PID/io): exited threads are added up in the kernel at
+// sched_process_exit, live threads are read with a BPF task iterator on each read_counters(). Nothing runs per
+// syscall. A thread that moves to another cgroup leaves the bytes it moved before with the old one (the
+// cgroup_attach_task tracepoint settles them). Socket bytes come from the sock_send_length/sock_recv_length
+// tracepoints (6.3+), or on older kernels from a fallback program on sys_exit (docs/ebpf.md).
 //
-// Every attachment is a BPF link held only by this process's fds: when KernelProbes is destroyed, or the process
-// dies in any way (SIGKILL included), the kernel detaches and frees everything. Nothing is pinned.
-// Programs and maps are named tally_* so that `bpftool prog` and tests can find them.
+// Counters are kept per key: a cgroup v2 id, or, for a task in the root cgroup, its process (process_key()), so a
+// process in the root cgroup is the same workload on the kernel path as on the shm path. Key 0 takes what could
+// not be given an entry of its own because the map was full: counted, never lost.
+//
+// With a pin directory, the maps and links are pinned there: they outlive the agent, keep counting while it is
+// down (processes that start and exit meanwhile included), and the next agent adopts them. Without one, every
+// attachment is held only by this process's fds and goes away with it. remove_pinned() removes pinned probes for
+// good. Programs and maps are named tally_* so that `bpftool prog` and tests can find them.
 
 #include <sys/types.h>
 
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "agent/base/fs_root.hpp"
@@ -27,12 +35,11 @@
 
 namespace tally::collectors {
 
-// Cumulative counts for one cgroup (tally_abi.h's struct tally_counters, summed over CPUs): since the probes were
-// loaded, except io_read_bytes/io_write_bytes, which are rchar/wchar of the cgroup's threads, live ones since they
-// were created (take a baseline at start) and exited ones since the probes were loaded.
+// Cumulative counts for one key (tally_abi.h's struct tally_counters, summed over CPUs), since the maps were
+// created: across agent restarts when they are pinned (KernelProbes::epoch() names that lifetime).
 struct KernelCounters {
-  std::uint64_t io_read_bytes = 0;
-  std::uint64_t io_write_bytes = 0;
+  std::uint64_t io_read_bytes = 0;   // rchar of the key's threads: exited, moved out (up to the move), and live
+  std::uint64_t io_write_bytes = 0;  // wchar, likewise
   std::uint64_t socket_rx_bytes = 0;
   std::uint64_t socket_tx_bytes = 0;
   std::uint64_t net_rx_bytes = 0;
@@ -42,25 +49,61 @@ struct KernelCounters {
   std::uint64_t execs = 0;
   std::uint64_t gpu_device_opens = 0;
   std::uint64_t events_dropped = 0;
-
-  KernelCounters& operator+=(const KernelCounters& other);
-  // Field-wise `*this - earlier`, 0 where a counter went backwards (a cgroup id reused after the entry was freed).
-  KernelCounters since(const KernelCounters& earlier) const;
   bool operator==(const KernelCounters&) const = default;
 };
 
+// The one list of the counters above, with the names they carry on the feed: everything that walks the fields
+// (summing per-CPU copies, writing the ledger) walks this table.
+struct KernelCounterField {
+  std::string_view name;
+  std::uint64_t KernelCounters::*member;
+};
+inline constexpr std::array<KernelCounterField, 11> kKernelCounterFields{{
+    {"io_read_bytes", &KernelCounters::io_read_bytes},
+    {"io_write_bytes", &KernelCounters::io_write_bytes},
+    {"socket_rx_bytes", &KernelCounters::socket_rx_bytes},
+    {"socket_tx_bytes", &KernelCounters::socket_tx_bytes},
+    {"net_rx_bytes", &KernelCounters::net_rx_bytes},
+    {"net_tx_bytes", &KernelCounters::net_tx_bytes},
+    {"processes_started", &KernelCounters::processes_started},
+    {"processes_exited", &KernelCounters::processes_exited},
+    {"execs", &KernelCounters::execs},
+    {"gpu_device_opens", &KernelCounters::gpu_device_opens},
+    {"events_dropped", &KernelCounters::events_dropped},
+}};
+
+// Counter keys. A cgroup v2 id (the inode number of the cgroup directory) keys the tasks of that cgroup; a task in
+// the root cgroup is keyed by its process instead: bit 63, the process's start time in clock ticks (/proc/PID/stat
+// field 22, USER_HZ) and its pid (below PID_MAX_LIMIT = 2^22). Key 0 is the overflow entry.
+inline constexpr std::uint64_t kOverflowKey = 0;
+inline constexpr std::uint64_t kProcessKeyBit = std::uint64_t{1} << 63;
+constexpr std::uint64_t process_key(pid_t pid, std::uint64_t start_ticks) {
+  return kProcessKeyBit | (start_ticks << 22) | (static_cast<std::uint64_t>(pid) & ((1u << 22) - 1));
+}
+constexpr bool is_process_key(std::uint64_t key) { return (key & kProcessKeyBit) != 0; }
+constexpr pid_t process_key_pid(std::uint64_t key) { return static_cast<pid_t>(key & ((1u << 22) - 1)); }
+constexpr std::uint64_t process_key_start_ticks(std::uint64_t key) { return (key & ~kProcessKeyBit) >> 22; }
+
 struct KernelEvent {
-  enum class Type { exec, exit, device_open };
+  enum class Type {
+    exec,            // a process exec'ed (pid, ppid, key, comm)
+    exit,            // a process (thread-group leader) exited (pid, ppid, key, exit_code, comm)
+    device_open,     // read/write access to an accelerator device node (pid, key, major, minor, read, write)
+    cgroup_created,  // a cgroup v2 directory appeared (cgroup_id, path)
+    cgroup_removed,  // a cgroup v2 directory was removed (cgroup_id, path): its counters are final
+  };
   Type type = Type::exec;
   pid_t pid = 0;
   pid_t ppid = 0;
   int exit_code = 0;                 // exit: wait status (code << 8 | signal)
-  std::uint64_t cgroup_id = 0;       // cgroup v2 id (inode of the cgroup directory)
+  std::uint64_t key = 0;             // the counter key the task is counted under (cgroup id or process key)
+  std::uint64_t cgroup_id = 0;       // cgroup v2 id of the task, or of the cgroup for cgroup events
   std::uint64_t timestamp_ns = 0;    // CLOCK_MONOTONIC
   std::uint32_t major = 0;           // device_open
   std::uint32_t minor = 0;
   bool read = false, write = false;  // device_open: access asked for
   std::string comm;
+  std::string path;                  // cgroup events: path relative to the v2 root ("/a/b"); "" when it did not fit
 };
 
 // Where socket bytes are counted.
@@ -76,6 +119,19 @@ struct ProbeOptions {
   // Character-device majors that count as accelerator opens (accelerator_majors()).
   std::vector<std::uint32_t> accelerator_majors;
   SocketHook socket_hook = SocketHook::automatic;
+  // A directory on a BPF filesystem (bpffs) to pin the maps and links in, created if needed; empty: nothing is
+  // pinned. tallyd's default is /sys/fs/bpf/tally.
+  std::filesystem::path pin_dir;
+  // Entries of the counters map. Memory follows the entries in use (no preallocation), not this capacity.
+  std::uint32_t counters_capacity = 65536;
+};
+
+// The probes' own health, for the Heartbeat.
+struct ProbeStats {
+  std::uint64_t entries = 0;      // keys in the counters map
+  std::uint64_t capacity = 0;     // counters_capacity
+  std::uint64_t map_full = 0;     // times an entry could not be created: that usage went to kOverflowKey instead
+  std::uint64_t ring_full = 0;    // events lost because the ring buffer was full (also per key: events_dropped)
 };
 
 // Whether the running kernel has the sock:sock_send_length and sock:sock_recv_length tracepoints (from its BTF).
@@ -95,17 +151,31 @@ void route_libbpf_logs();
 
 class KernelProbes {
  public:
-  // Runs the whole chain; on error nothing stays loaded or attached.
+  // Runs the whole chain; on error nothing stays loaded or attached (and nothing pinned is touched). With a pin
+  // directory holding probes of this build's ABI, adopts them instead of loading new ones (adopted() is true), so
+  // their counters continue; pinned probes of another ABI are removed and replaced (a new epoch).
   static Result<std::unique_ptr<KernelProbes>> start(const ProbeOptions& options);
+  // Detaches everything that is not pinned. Pinned probes stay attached and keep counting.
   ~KernelProbes();
   KernelProbes(const KernelProbes&) = delete;
   KernelProbes& operator=(const KernelProbes&) = delete;
 
-  // Cumulative counters per cgroup id. Runs the task iterator for the live threads' io bytes (so it costs a walk
-  // over the node's threads: call it once per report), and never returns less io than before for a cgroup.
+  // Removes probes pinned in `pin_dir` for good (tallyctl probes remove): unpins every map and link, so the kernel
+  // detaches and frees them once no agent holds them. True when something was pinned there.
+  static Result<bool> remove_pinned(const std::filesystem::path& pin_dir);
+
+  // Whether the maps were adopted from a previous agent (counters continue) rather than created now.
+  bool adopted() const;
+  // A random id drawn when the maps were created, pinned with them: equal epochs mean the same counters.
+  const std::string& epoch() const;
+
+  // Cumulative counters per key. Runs the task iterator for the live threads' io bytes (so it costs a walk over
+  // the node's threads: call it once per report), and never returns less io than before for a key.
   Result<std::map<std::uint64_t, KernelCounters>> read_counters();
-  // Drops the counters of cgroups that no longer exist, so the map does not fill up.
-  void forget_cgroup(std::uint64_t cgroup_id);
+  // Deletes a key's entry (a removed cgroup, an exited root-cgroup process) once its final counters are safe
+  // elsewhere, so the map does not fill up.
+  void forget(std::uint64_t key);
+  ProbeStats stats() const;
 
   // An fd that polls readable when events are waiting (the ring buffer's epoll fd), for the event loop.
   int events_fd() const;

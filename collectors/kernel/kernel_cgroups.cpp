@@ -47,6 +47,8 @@ void ProcessTable::apply(const KernelEvent& event) {
     case KernelEvent::Type::exec: cgroups_[event.pid] = event.cgroup_id; break;
     case KernelEvent::Type::exit: cgroups_.erase(event.pid); break;
     case KernelEvent::Type::device_open: cgroups_[event.pid] = event.cgroup_id; break;
+    case KernelEvent::Type::cgroup_created:
+    case KernelEvent::Type::cgroup_removed: break;
   }
 }
 

@@ -43,7 +43,10 @@ std::unique_ptr<KernelUsageCollector> KernelUsageCollector::start(bool probes_en
     return collector;
   }
   route_libbpf_logs();
-  auto probes = KernelProbes::start(ProbeOptions{*root, accelerator_majors()});
+  ProbeOptions options;
+  options.cgroup2_root = *root;
+  options.accelerator_majors = accelerator_majors();
+  auto probes = KernelProbes::start(options);
   if (!probes) {
     state.set_state(v1::ProbeState::STATE_OFF);
     state.set_reason(probes.error().message);
@@ -90,14 +93,18 @@ std::map<std::string, v1::KernelUsage> KernelUsageCollector::collect_traced() {
   cgroups_->next_round();
   std::uint64_t dropped = 0;
   for (const auto& [id, total] : *counters) {
-    const KernelCounters delta = total.since(previous_[id]);
+    KernelCounters delta;
+    for (const auto& field : kKernelCounterFields) {
+      const std::uint64_t now = total.*field.member, then = previous_[id].*field.member;
+      delta.*field.member = now >= then ? now - then : 0;
+    }
     previous_[id] = total;
     dropped += total.events_dropped;
     const auto path = cgroups_->path_of(id);
     if (!path) {
       // Removed before we learnt its path (or born after the walk): retried next round, then forgotten.
       if (++unknown_rounds_[id] >= kRoundsBeforeForget) {
-        probes_->forget_cgroup(id);
+        probes_->forget(id);
         previous_.erase(id);
         unknown_rounds_.erase(id);
       }

@@ -42,15 +42,24 @@ class KernelProbesTest : public ::testing::Test {
     if (!root) GTEST_SKIP() << "no cgroup v2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified";
     root_ = *root;
     parent_ = std::make_unique<test::TestCgroupParent>(root_);
-    auto probes = KernelProbes::start(ProbeOptions{root_, accelerator_majors()});
+    auto probes = KernelProbes::start(options());
     ASSERT_TRUE(probes) << probes.error().message;
     probes_ = std::move(*probes);
+  }
+
+  ProbeOptions options() const {
+    ProbeOptions o;
+    o.cgroup2_root = root_;
+    o.accelerator_majors = accelerator_majors();
+    return o;
   }
 
   // Replaces the probes with ones that count socket bytes through `hook`.
   void restart_probes(SocketHook hook) {
     probes_.reset();
-    auto probes = KernelProbes::start(ProbeOptions{root_, accelerator_majors(), hook});
+    ProbeOptions with_hook = options();
+    with_hook.socket_hook = hook;
+    auto probes = KernelProbes::start(with_hook);
     ASSERT_TRUE(probes) << probes.error().message;
     probes_ = std::move(*probes);
   }
