@@ -1,110 +1,278 @@
 #include "agent/checkpoint/checkpoint.hpp"
 
-#include <fcntl.h>
-#include <unistd.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+
+#include <csignal>
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
+#include <unordered_map>
 
-#include <nlohmann/json.hpp>
+#include "agent/base/clock.hpp"
+#include "agent/base/files.hpp"
+#include "tally/v1/checkpoint.pb.h"
 
 namespace tally::agent {
 namespace {
 
-constexpr int kCheckpointVersion = 1;
+constexpr std::uint32_t kCheckpointVersion = 2;  // 1 was metering.json, before the ledger
 
-Result<void> write_all(int fd, const std::string& text, const std::filesystem::path& path) {
-  std::size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return make_error(ErrorCode::io, "{}: write: {}", path.string(), std::strerror(errno));
-    done += static_cast<std::size_t>(n);
+v1::ValueSource to_wire(ledger::Source source) {
+  switch (source) {
+    case ledger::Source::client: return v1::VALUE_SOURCE_CLIENT;
+    case ledger::Source::kernel_probes: return v1::VALUE_SOURCE_KERNEL_PROBES;
+    case ledger::Source::proc_sampling: return v1::VALUE_SOURCE_PROC_SAMPLING;
+    case ledger::Source::nvml: return v1::VALUE_SOURCE_NVML;
   }
-  return {};
+  return v1::VALUE_SOURCE_UNSPECIFIED;
+}
+
+std::optional<ledger::Source> from_wire(v1::ValueSource source) {
+  switch (source) {
+    case v1::VALUE_SOURCE_CLIENT: return ledger::Source::client;
+    case v1::VALUE_SOURCE_KERNEL_PROBES: return ledger::Source::kernel_probes;
+    case v1::VALUE_SOURCE_PROC_SAMPLING: return ledger::Source::proc_sampling;
+    case v1::VALUE_SOURCE_NVML: return ledger::Source::nvml;
+    default: return std::nullopt;
+  }
+}
+
+v1::ValueKind to_wire(ledger::Kind kind) {
+  switch (kind) {
+    case ledger::Kind::measured: return v1::VALUE_KIND_MEASURED;
+    case ledger::Kind::apportioned: return v1::VALUE_KIND_APPORTIONED;
+    case ledger::Kind::estimated: return v1::VALUE_KIND_ESTIMATED;
+  }
+  return v1::VALUE_KIND_UNSPECIFIED;
+}
+
+std::optional<ledger::Kind> from_wire(v1::ValueKind kind) {
+  switch (kind) {
+    case v1::VALUE_KIND_MEASURED: return ledger::Kind::measured;
+    case v1::VALUE_KIND_APPORTIONED: return ledger::Kind::apportioned;
+    case v1::VALUE_KIND_ESTIMATED: return ledger::Kind::estimated;
+    default: return std::nullopt;
+  }
 }
 
 }  // namespace
 
-Result<void> write_checkpoint(const Checkpoint& checkpoint, const std::filesystem::path& path) {
-  nlohmann::json workloads = nlohmann::json::object();
-  for (const auto& [id, w] : checkpoint.workloads) {
-    nlohmann::json labels = nlohmann::json::object();
-    for (const auto& [text, l] : w.label_sets) {
-      labels[text] = {{"retired", l.retired}, {"reported", l.reported}, {"refused", l.refused}};
+std::string save_checkpoint(const ledger::Ledger& ledger) {
+  v1::LedgerCheckpoint checkpoint;
+  checkpoint.set_version(kCheckpointVersion);
+  checkpoint.set_written_unix_ns(unix_time_ns());
+  std::unordered_map<const ledger::Workload*, std::uint32_t> workload_index;
+  std::unordered_map<const ledger::LabelSet*, std::uint32_t> label_set_index;
+  for (const auto& [id, workload] : ledger.workloads()) {
+    workload_index[workload.get()] = static_cast<std::uint32_t>(checkpoint.workloads_size());
+    v1::CheckpointWorkload& w = *checkpoint.add_workloads();
+    w.set_id(workload->identity.id);
+    w.set_kind(std::string(to_string(workload->identity.kind)));
+    w.set_cgroup_path(workload->identity.cgroup_path);
+    for (const auto& [k, v] : workload->identity.attributes) (*w.mutable_attributes())[k] = v;
+    for (const auto& name : workload->names) w.add_names(name);
+    w.set_exited_unix_ns(workload->exited() ? workload->exited_unix_ns : 0);
+    for (const auto& [text, label_set] : workload->label_sets) {
+      label_set_index[label_set.get()] = static_cast<std::uint32_t>(w.label_sets_size());
+      v1::CheckpointLabelSet& l = *w.add_label_sets();
+      l.set_labels(text);
+      l.set_refused(label_set->refused);
+      for (const ledger::Counter& counter : label_set->counters) {
+        const ledger::CounterKey& key = ledger.key(counter.id);
+        v1::CheckpointCounter& c = *l.add_counters();
+        c.set_name(key.name);
+        c.set_source(to_wire(key.source));
+        c.set_kind(to_wire(key.kind));
+        c.set_total(counter.total);
+        c.set_reported(counter.reported);
+      }
     }
-    workloads[id] = {{"kind", std::string(to_string(w.identity.kind))},
-                     {"cgroup_path", w.identity.cgroup_path},
-                     {"attributes", w.identity.attributes},
-                     {"names", w.names},
-                     {"label_sets", labels},
-                     {"retired_dropped", w.retired_dropped},
-                     {"reported_dropped", w.reported_dropped},
-                     {"exited_unix_ns", w.exited_unix_ns}};
   }
-  const nlohmann::json doc = {{"version", kCheckpointVersion},
-                              {"workloads", workloads},
-                              {"retired_segments", checkpoint.retired_segments}};
-  std::error_code ec;
-  std::filesystem::create_directories(path.parent_path(), ec);
-  auto tmp = path;
-  tmp += ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return make_error(ErrorCode::io, "{}: cannot create: {}", tmp.string(), std::strerror(errno));
-  auto written = write_all(fd, doc.dump(), tmp);
-  const bool synced = written && ::fsync(fd) == 0;
-  ::close(fd);
-  if (!written) return written.error();
-  if (!synced) return make_error(ErrorCode::io, "{}: fsync: {}", tmp.string(), std::strerror(errno));
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    return make_error(ErrorCode::io, "{}: rename: {}", path.string(), std::strerror(errno));
+  for (const auto& [key, contributor] : ledger.contributors()) {
+    v1::CheckpointContributor& c = *checkpoint.add_contributors();
+    c.set_key(key);
+    c.set_workload(workload_index.at(&contributor->workload()));
+    c.set_source(to_wire(contributor->source()));
+    for (const ledger::Contributor::Cell& cell : contributor->cells()) {
+      if (cell.gauge) continue;  // a level, re-read from the source: nothing to continue from
+      v1::CheckpointCell& out = *c.add_cells();
+      out.set_workload(workload_index.at(cell.label_set->workload));
+      out.set_label_set(label_set_index.at(cell.label_set));
+      out.set_counter(cell.slot);
+      out.set_last(cell.last);
+    }
   }
-  const int dir = ::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir >= 0) {
-    ::fsync(dir);  // the rename itself is durable
-    ::close(dir);
+  for (const auto& key : ledger.retired()) checkpoint.add_retired_contributors(key);
+  return checkpoint.SerializeAsString();
+}
+
+Result<void> restore_checkpoint(ledger::Ledger& ledger, std::string_view bytes, std::string_view source_name) {
+  v1::LedgerCheckpoint checkpoint;
+  if (!checkpoint.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return make_error(ErrorCode::invalid_argument, "{}: not a tally checkpoint (protobuf does not parse)", source_name);
   }
+  if (checkpoint.version() != kCheckpointVersion) {
+    return make_error(ErrorCode::unsupported, "{}: checkpoint version {} (this agent reads {})", source_name,
+                      checkpoint.version(), kCheckpointVersion);
+  }
+  // Checked whole before anything is loaded: a corrupt file loads nothing.
+  auto corrupt = [&](std::string_view what) {
+    return make_error(ErrorCode::invalid_argument, "{}: corrupt checkpoint: {}", source_name, what);
+  };
+  for (const auto& w : checkpoint.workloads()) {
+    if (w.id().empty() || !workload_kind_from_string(w.kind())) return corrupt("a workload without id or kind");
+    for (const auto& l : w.label_sets()) {
+      for (const auto& c : l.counters()) {
+        if (c.name().empty() || !from_wire(c.source()) || !from_wire(c.kind())) return corrupt("a malformed counter");
+      }
+    }
+  }
+  for (const auto& c : checkpoint.contributors()) {
+    if (c.key().empty() || c.workload() >= static_cast<std::uint32_t>(checkpoint.workloads_size()) ||
+        !from_wire(c.source())) {
+      return corrupt("a contributor without key, workload or source");
+    }
+    for (const auto& cell : c.cells()) {
+      if (cell.workload() >= static_cast<std::uint32_t>(checkpoint.workloads_size())) return corrupt("a cell's workload");
+      const auto& w = checkpoint.workloads(static_cast<int>(cell.workload()));
+      if (cell.label_set() >= static_cast<std::uint32_t>(w.label_sets_size())) return corrupt("a cell's label set");
+      if (cell.counter() >= static_cast<std::uint32_t>(w.label_sets(static_cast<int>(cell.label_set())).counters_size())) {
+        return corrupt("a cell's counter");
+      }
+    }
+  }
+
+  std::vector<ledger::Workload*> workloads;
+  std::vector<std::vector<ledger::LabelSet*>> label_sets;
+  std::vector<std::vector<std::vector<std::uint32_t>>> slots;  // [workload][label set][counter] -> slot
+  for (const auto& w : checkpoint.workloads()) {
+    WorkloadIdentity identity;
+    identity.id = w.id();
+    identity.kind = *workload_kind_from_string(w.kind());
+    identity.cgroup_path = w.cgroup_path();
+    identity.attributes = {w.attributes().begin(), w.attributes().end()};
+    ledger::Workload& workload =
+        ledger.restore_workload(identity, {w.names().begin(), w.names().end()}, w.exited_unix_ns());
+    workloads.push_back(&workload);
+    label_sets.emplace_back();
+    slots.emplace_back();
+    for (const auto& l : w.label_sets()) {
+      ledger::LabelSet& label_set = ledger.label_set(workload, l.labels());
+      ledger.set_refused(label_set, l.refused());
+      label_sets.back().push_back(&label_set);
+      slots.back().emplace_back();
+      for (const auto& c : l.counters()) {
+        const auto id = ledger.counter(c.name(), *from_wire(c.source()), *from_wire(c.kind()));
+        slots.back().back().push_back(ledger.restore_counter(label_set, id, c.total(), c.reported()));
+      }
+    }
+  }
+  for (const auto& c : checkpoint.contributors()) {
+    ledger::Contributor& contributor =
+        ledger.restore_contributor(c.key(), *workloads[c.workload()], *from_wire(c.source()));
+    for (const auto& cell : c.cells()) {
+      ledger.restore_cell(contributor, *label_sets[cell.workload()][cell.label_set()],
+                          slots[cell.workload()][cell.label_set()][cell.counter()], cell.last());
+    }
+  }
+  for (const auto& key : checkpoint.retired_contributors()) ledger.restore_retired(key);
   return {};
 }
 
-Result<Checkpoint> read_checkpoint(const std::filesystem::path& path) {
+Result<void> load_checkpoint(ledger::Ledger& ledger, const std::filesystem::path& path) {
   std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) return Checkpoint{};
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return make_error(ErrorCode::io, "{}: cannot read", path.string());
-  try {
-    const auto doc = nlohmann::json::parse(in);
-    if (doc.at("version").get<int>() != kCheckpointVersion) {
-      return make_error(ErrorCode::unsupported, "{}: unsupported checkpoint version {}", path.string(),
-                        doc.at("version").dump());
-    }
-    Checkpoint checkpoint;
-    checkpoint.retired_segments = doc.at("retired_segments").get<std::set<std::string>>();
-    for (const auto& [id, w] : doc.at("workloads").items()) {
-      CheckpointWorkload workload;
-      workload.identity.id = id;
-      const std::string kind = w.at("kind").get<std::string>();
-      workload.identity.kind = workload_kind_from_string(kind).value_or(WorkloadKind::cgroup);
-      workload.identity.cgroup_path = w.at("cgroup_path").get<std::string>();
-      workload.identity.attributes = w.at("attributes").get<std::map<std::string, std::string>>();
-      workload.names = w.at("names").get<std::set<std::string>>();
-      workload.retired_dropped = w.at("retired_dropped").get<std::uint64_t>();
-      workload.reported_dropped = w.at("reported_dropped").get<std::uint64_t>();
-      workload.exited_unix_ns = w.at("exited_unix_ns").get<std::uint64_t>();
-      for (const auto& [text, l] : w.at("label_sets").items()) {
-        CheckpointLabelSet set;
-        set.retired = l.at("retired").get<CounterMap>();
-        set.reported = l.at("reported").get<CounterMap>();
-        set.refused = l.at("refused").get<bool>();
-        workload.label_sets.emplace(text, std::move(set));
-      }
-      checkpoint.workloads.emplace(id, std::move(workload));
-    }
-    return checkpoint;
-  } catch (const std::exception& e) {
-    return make_error(ErrorCode::invalid_argument, "{}: corrupt checkpoint: {}", path.string(), e.what());
+  if (!std::filesystem::exists(path, ec)) return {};
+  const auto bytes = read_file(path);
+  auto restored = bytes ? restore_checkpoint(ledger, *bytes, path.string())
+                        : Result<void>(make_error(ErrorCode::io, "{}: cannot read", path.string()));
+  if (restored) return {};
+  auto aside = path;
+  aside += ".corrupt";
+  std::filesystem::rename(path, aside, ec);
+  return make_error(restored.error().code, "{} (moved aside to {})", restored.error().message, aside.string());
+}
+
+Result<std::unique_ptr<CheckpointWriter>> CheckpointWriter::start(std::filesystem::path path) {
+  std::unique_ptr<CheckpointWriter> writer(new CheckpointWriter(std::move(path)));
+  writer->event_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!writer->event_) return make_error(ErrorCode::io, "eventfd: {}", std::strerror(errno));
+  writer->thread_ = std::thread([w = writer.get()] { w->run(); });
+  return writer;
+}
+
+CheckpointWriter::~CheckpointWriter() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
   }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void CheckpointWriter::submit(std::uint64_t generation, std::string bytes) {
+  {
+    std::lock_guard lock(mutex_);
+    pending_.emplace(generation, std::move(bytes));
+  }
+  wake_.notify_all();
+}
+
+Result<void> CheckpointWriter::write_now(std::uint64_t generation, std::string bytes) {
+  std::unique_lock lock(mutex_);
+  pending_.reset();  // superseded by this one
+  wake_.wait(lock, [this] { return !writing_; });
+  writing_ = true;  // keeps the thread off the file meanwhile
+  lock.unlock();
+  auto written = write_file_atomically(path_, bytes, Durability::synced);
+  lock.lock();
+  writing_ = false;
+  if (written) durable_ = std::max(durable_, generation);
+  wake_.notify_all();
+  return written;
+}
+
+void CheckpointWriter::run() {
+  // Signals are the event loop's: this thread must never be the one the kernel picks to deliver them to.
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, nullptr);
+  std::unique_lock lock(mutex_);
+  while (true) {
+    wake_.wait(lock, [this] { return stopping_ || (pending_ && !writing_); });
+    if (!pending_ || writing_) return;  // stopping, nothing left to write
+    auto [generation, bytes] = std::move(*pending_);
+    pending_.reset();
+    writing_ = true;
+    lock.unlock();
+    auto written = write_file_atomically(path_, bytes, Durability::synced);
+    lock.lock();
+    writing_ = false;
+    if (written) {
+      durable_ = std::max(durable_, generation);
+      error_.reset();
+    } else {
+      error_ = written.error();
+    }
+    wake_.notify_all();
+    const std::uint64_t one = 1;
+    [[maybe_unused]] const auto n = ::write(event_.get(), &one, sizeof one);
+  }
+}
+
+void CheckpointWriter::on_readable() {
+  std::uint64_t count = 0;
+  [[maybe_unused]] const auto n = ::read(event_.get(), &count, sizeof count);
+}
+
+std::uint64_t CheckpointWriter::durable_generation() const {
+  std::lock_guard lock(mutex_);
+  return durable_;
+}
+
+std::optional<Error> CheckpointWriter::last_error() const {
+  std::lock_guard lock(mutex_);
+  return error_;
 }
 
 }  // namespace tally::agent

@@ -52,6 +52,18 @@ class SchemaReader {
     return {};
   }
 
+  // An absolute path; `allow_empty` for keys where "" turns something off.
+  Result<void> read_path(const toml::table& table, std::string_view section, std::string_view key, std::string& out,
+                         bool allow_empty = false) const {
+    TALLY_TRY(read_string(table, section, key, out));
+    const toml::node* node = table.get(key);
+    if (node != nullptr && !(allow_empty && out.empty()) && (out.empty() || out.front() != '/')) {
+      return error_at(node->source(), full(section, key), allow_empty ? "expected an absolute path or \"\""
+                                                                      : "expected an absolute path");
+    }
+    return {};
+  }
+
   Result<void> read_bool(const toml::table& table, std::string_view section, std::string_view key,
                          bool& out) const {
     const toml::node* node = table.get(key);
@@ -108,9 +120,11 @@ class SchemaReader {
 };
 
 Result<void> read_agent(const SchemaReader& reader, const toml::table& table, AgentSection& agent) {
-  TALLY_TRY(reader.reject_unknown(table, "agent", {"node_id", "log_level"}));
+  TALLY_TRY(reader.reject_unknown(table, "agent", {"node_id", "log_level", "state_dir", "checkpoint_interval_ms"}));
   TALLY_TRY(reader.read_string(table, "agent", "node_id", agent.node_id));
   TALLY_TRY(reader.read_string(table, "agent", "log_level", agent.log_level));
+  TALLY_TRY(reader.read_path(table, "agent", "state_dir", agent.state_dir));
+  TALLY_TRY(reader.read_uint(table, "agent", "checkpoint_interval_ms", 100, 3'600'000, agent.checkpoint_interval_ms));
   if (spdlog::level::from_str(agent.log_level) == spdlog::level::off && agent.log_level != "off") {
     return reader.error_at(table.get("log_level")->source(), "agent.log_level",
                            fmt::format("'{}' is not one of trace, debug, info, warn, error, critical, off",
@@ -128,12 +142,13 @@ Result<void> read_agent(const SchemaReader& reader, const toml::table& table, Ag
 Result<void> read_feed(const SchemaReader& reader, const toml::table& table, FeedSection& feed) {
   TALLY_TRY(reader.reject_unknown(table, "feed",
                                   {"bind", "connect", "heartbeat_interval_ms", "usage_interval_ms",
-                                   "send_high_water_mark"}));
+                                   "send_high_water_mark", "snapshot_interval_ms"}));
   TALLY_TRY(reader.read_endpoints(table, "feed", "bind", EndpointRole::bind, feed.bind));
   TALLY_TRY(reader.read_endpoints(table, "feed", "connect", EndpointRole::connect, feed.connect));
   TALLY_TRY(reader.read_uint(table, "feed", "heartbeat_interval_ms", 10, 3'600'000, feed.heartbeat_interval_ms));
   TALLY_TRY(reader.read_uint(table, "feed", "usage_interval_ms", 10, 3'600'000, feed.usage_interval_ms));
   TALLY_TRY(reader.read_uint(table, "feed", "send_high_water_mark", 1, 10'000'000, feed.send_high_water_mark));
+  TALLY_TRY(reader.read_uint(table, "feed", "snapshot_interval_ms", 10, 3'600'000, feed.snapshot_interval_ms));
   if (feed.bind.empty() && feed.connect.empty()) {
     const toml::node* where = table.get("bind") ? table.get("bind") : table.get("connect");
     return reader.error_at(where ? where->source() : table.source(), "feed",
@@ -155,12 +170,14 @@ Result<void> read_topology(const SchemaReader& reader, const toml::table& table,
 }
 
 Result<void> read_probes(const SchemaReader& reader, const toml::table& table, ProbesSection& probes) {
-  TALLY_TRY(reader.reject_unknown(table, "probes", {"enabled"}));
-  return reader.read_bool(table, "probes", "enabled", probes.enabled);
+  TALLY_TRY(reader.reject_unknown(table, "probes", {"enabled", "pin_dir", "counters_capacity"}));
+  TALLY_TRY(reader.read_bool(table, "probes", "enabled", probes.enabled));
+  TALLY_TRY(reader.read_path(table, "probes", "pin_dir", probes.pin_dir, /*allow_empty=*/true));
+  return reader.read_uint(table, "probes", "counters_capacity", 16, 1u << 24, probes.counters_capacity);
 }
 
 Result<void> read_tenant_rules(const SchemaReader& reader, const toml::table& table,
-                               std::vector<TenantRule>& rules) {
+                               std::vector<shm::TenantRule>& rules) {
   const toml::node* node = table.get("tenant_rules");
   if (node == nullptr) return {};
   if (!node->is_array()) return reader.error_at(node->source(), "metering.tenant_rules", "expected an array of tables");
@@ -170,7 +187,7 @@ Result<void> read_tenant_rules(const SchemaReader& reader, const toml::table& ta
     if (!array[i].is_table()) return reader.error_at(array[i].source(), key, "expected a table");
     const toml::table& rule_table = *array[i].as_table();
     TALLY_TRY(reader.reject_unknown(rule_table, key, {"uid", "cgroup_prefix", "tenants"}));
-    TenantRule rule;
+    shm::TenantRule rule;
     if (const toml::node* uid = rule_table.get("uid")) {
       if (!uid->is_integer() || uid->as_integer()->get() < 0 || uid->as_integer()->get() > 0xfffffffe) {
         return reader.error_at(uid->source(), key + ".uid", "expected a uid (0 to 4294967294)");
@@ -195,22 +212,24 @@ Result<void> read_tenant_rules(const SchemaReader& reader, const toml::table& ta
   return {};
 }
 
-Result<void> read_metering(const SchemaReader& reader, const toml::table& table, MeteringSection& m) {
+Result<void> read_metering(const SchemaReader& reader, const toml::table& table, MeteringSection& m,
+                           std::string& state_dir) {
   TALLY_TRY(reader.reject_unknown(table, "metering",
                                   {"enabled", "socket", "runtime_dir", "state_dir", "drain_interval_ms", "retention_s",
                                    "lane_records", "slots", "label_sets", "tenant_rules"}));
   TALLY_TRY(reader.read_bool(table, "metering", "enabled", m.enabled));
   TALLY_TRY(reader.read_string(table, "metering", "socket", m.socket));
   TALLY_TRY(reader.read_string(table, "metering", "runtime_dir", m.runtime_dir));
-  TALLY_TRY(reader.read_string(table, "metering", "state_dir", m.state_dir));
+  // Before the ledger, the metering section held the state directory: still read, as [agent] state_dir.
+  TALLY_TRY(reader.read_path(table, "metering", "state_dir", state_dir));
   TALLY_TRY(reader.read_uint(table, "metering", "drain_interval_ms", 1, 60'000, m.drain_interval_ms));
   TALLY_TRY(reader.read_uint(table, "metering", "retention_s", 0, 30 * 86'400, m.retention_s));
   TALLY_TRY(reader.read_uint(table, "metering", "lane_records", 2, 65'536, m.lane_records));
   TALLY_TRY(reader.read_uint(table, "metering", "slots", 1, 1024, m.slots));
   TALLY_TRY(reader.read_uint(table, "metering", "label_sets", 2, 4096, m.label_sets));
-  for (std::string_view key : {"socket", "runtime_dir", "state_dir"}) {
+  for (std::string_view key : {"socket", "runtime_dir"}) {
     const toml::node* node = table.get(key);
-    const std::string& value = key == "socket" ? m.socket : key == "runtime_dir" ? m.runtime_dir : m.state_dir;
+    const std::string& value = key == "socket" ? m.socket : m.runtime_dir;
     if (node != nullptr && (value.empty() || value.front() != '/')) {
       return reader.error_at(node->source(), fmt::format("metering.{}", key), "expected an absolute path");
     }
@@ -247,7 +266,14 @@ Result<Config> parse_config(std::string_view toml_text, std::string_view source_
 
   auto metering = reader.section(root, "metering");
   if (!metering) return metering.error();
-  if (*metering) TALLY_TRY(read_metering(reader, **metering, config.metering));
+  if (*metering) {
+    const bool agent_sets_it = *agent && (**agent).contains("state_dir");
+    if (agent_sets_it && (**metering).contains("state_dir")) {
+      return reader.error_at((**metering).get("state_dir")->source(), "metering.state_dir",
+                             "set agent.state_dir only (metering.state_dir is its old name)");
+    }
+    TALLY_TRY(read_metering(reader, **metering, config.metering, config.agent.state_dir));
+  }
 
   auto topology = reader.section(root, "topology");
   if (!topology) return topology.error();

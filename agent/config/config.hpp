@@ -13,6 +13,7 @@
 #include "agent/base/result.hpp"
 #include "agent/feed/endpoint.hpp"
 #include "shm/format/names.hpp"
+#include "shm/segments/metering.hpp"
 
 namespace tally::agent {
 
@@ -21,6 +22,9 @@ inline constexpr std::string_view kDefaultConfigPath = "/etc/tally/tally.toml";
 struct AgentSection {
   std::string node_id;              // empty: read /etc/machine-id
   std::string log_level = "info";   // trace, debug, info, warn, error, critical, off
+  std::string state_dir = "/var/lib/tally";  // the ledger's checkpoint (ledger.checkpoint)
+  // How often the checkpoint is written at most while usage changes (sooner when something retired waits for it).
+  std::uint32_t checkpoint_interval_ms = 5000;
   bool operator==(const AgentSection&) const = default;
 };
 
@@ -30,22 +34,20 @@ struct FeedSection {
   std::uint32_t heartbeat_interval_ms = 5000;
   std::uint32_t usage_interval_ms = 1000;
   std::uint32_t send_high_water_mark = 100000;  // messages queued per subscriber before ZeroMQ drops
+  // How often a usage report is a snapshot (every workload, changed or not): what a subscriber that joins or
+  // loses messages waits at most to have every total.
+  std::uint32_t snapshot_interval_ms = 5000;
   bool operator==(const FeedSection&) const = default;
 };
 
 // eBPF probes (docs/ebpf.md). When they cannot run here the agent warns once and samples /proc/PID/io instead.
 struct ProbesSection {
   bool enabled = true;
+  // Where the probes are pinned (a bpffs directory), so they keep counting while the agent is down and the next
+  // agent adopts them; "" : not pinned (they go away with the agent).
+  std::string pin_dir = "/sys/fs/bpf/tally";
+  std::uint32_t counters_capacity = 65536;  // keys (cgroups, root-cgroup processes) the counters map holds
   bool operator==(const ProbesSection&) const = default;
-};
-
-// Who may claim which tenants in their label sets: a client matching a rule (by uid, or by a cgroup path prefix)
-// may only claim the tenants of the rules it matches ("*": any). A client matching no rule is unrestricted.
-struct TenantRule {
-  std::optional<std::uint32_t> uid;
-  std::string cgroup_prefix;
-  std::vector<std::string> tenants;
-  bool operator==(const TenantRule&) const = default;
 };
 
 // Workload metering over shared memory (docs/shm-format.md, docs/workload-integration.md).
@@ -53,13 +55,12 @@ struct MeteringSection {
   bool enabled = true;
   std::string socket{shm::format::kDefaultSocketPath};  // where clients register
   std::string runtime_dir = "/run/tally";         // segments live in <runtime_dir>/segments (tmpfs)
-  std::string state_dir = "/var/lib/tally";       // checkpoint of cumulative totals
   std::uint32_t drain_interval_ms = 100;
   std::uint32_t retention_s = 3600;               // how long an exited workload stays in reports
   std::uint32_t lane_records = shm::format::kDefaultLaneRecords;  // events per thread lane (clients may ask 2..65536)
   std::uint32_t slots = shm::format::kDefaultSlots;               // default per-thread slots per client
   std::uint32_t label_sets = shm::format::kDefaultLabelSets;      // default label sets per client
-  std::vector<TenantRule> tenant_rules;
+  std::vector<shm::TenantRule> tenant_rules;
   bool operator==(const MeteringSection&) const = default;
 };
 

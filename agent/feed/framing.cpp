@@ -18,6 +18,15 @@ std::optional<FeedKind> kind_from_topic(std::string_view topic) {
   return std::nullopt;
 }
 
+std::uint32_t body_field_of(FeedKind kind) {
+  switch (kind) {
+    case FeedKind::heartbeat: return v1::Envelope::kHeartbeatFieldNumber;
+    case FeedKind::usage: return v1::Envelope::kUsageFieldNumber;
+    case FeedKind::topology: return v1::Envelope::kTopologyFieldNumber;
+  }
+  return 0;
+}
+
 std::optional<FeedKind> kind_of(const v1::Envelope& envelope) {
   switch (envelope.body_case()) {
     case v1::Envelope::kHeartbeat: return FeedKind::heartbeat;

@@ -17,5 +17,7 @@ inline constexpr std::array kAllFeedKinds{FeedKind::heartbeat, FeedKind::usage, 
 std::string_view topic_of(FeedKind kind);
 std::optional<FeedKind> kind_from_topic(std::string_view topic);
 std::optional<FeedKind> kind_of(const v1::Envelope& envelope);
+// The Envelope field that carries a body of this kind.
+std::uint32_t body_field_of(FeedKind kind);
 
 }  // namespace tally::agent

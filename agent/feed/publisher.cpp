@@ -7,6 +7,7 @@
 
 #include "agent/base/clock.hpp"
 #include "agent/base/version.hpp"
+#include "agent/feed/wire.hpp"
 
 namespace tally::agent {
 namespace {
@@ -77,26 +78,42 @@ std::vector<std::string> FeedPublisher::bound_endpoints() const {
   return out;
 }
 
+void FeedPublisher::stamp(v1::Envelope& envelope, FeedKind kind) {
+  envelope.set_node_id(identity_.node_id);
+  envelope.set_instance_id(identity_.instance_id);
+  envelope.set_sequence(++sequence_);
+  envelope.set_kind_sequence(++kind_sequence_[static_cast<std::size_t>(kind)]);
+  envelope.set_timestamp_unix_ns(unix_time_ns());
+  envelope.set_hostname(identity_.hostname);
+  envelope.set_agent_version(std::string(kVersion));
+}
+
+void FeedPublisher::send(FeedKind kind) {
+  const std::string_view topic = topic_of(kind);
+  // PUB sends never block: with no subscriber, or one past its high-water mark, ZeroMQ drops the message.
+  socket_.send(zmq::buffer(topic), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+  socket_.send(zmq::buffer(buffer_), zmq::send_flags::dontwait);
+  spdlog::trace("feed: published {} seq={} ({} bytes)", topic, sequence_, buffer_.size());
+}
+
 void FeedPublisher::publish(v1::Envelope& envelope) {
   const auto kind = kind_of(envelope);
   if (!kind) {
     spdlog::error("feed: refusing to publish an envelope without a body");
     return;
   }
-  envelope.set_node_id(identity_.node_id);
-  envelope.set_instance_id(identity_.instance_id);
-  envelope.set_sequence(++sequence_);
-  envelope.set_kind_sequence(++kind_sequence_[static_cast<std::size_t>(*kind)]);
-  envelope.set_timestamp_unix_ns(unix_time_ns());
-  envelope.set_hostname(identity_.hostname);
-  envelope.set_agent_version(std::string(kVersion));
+  stamp(envelope, *kind);
   envelope.SerializeToString(&buffer_);
+  send(*kind);
+}
 
-  const std::string_view topic = topic_of(*kind);
-  // PUB sends never block: with no subscriber, or one past its high-water mark, ZeroMQ drops the message.
-  socket_.send(zmq::buffer(topic), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-  socket_.send(zmq::buffer(buffer_), zmq::send_flags::dontwait);
-  spdlog::trace("feed: published {} seq={}", topic, sequence_);
+void FeedPublisher::publish(FeedKind kind, std::string_view body) {
+  v1::Envelope envelope;
+  stamp(envelope, kind);
+  envelope.SerializeToString(&buffer_);
+  // The body is the oneof's field: appending it to the serialized envelope is the same as having set it.
+  wire::put_message(buffer_, body_field_of(kind), body);
+  send(kind);
 }
 
 }  // namespace tally::agent

@@ -33,12 +33,17 @@ class FeedPublisher {
 
   // Stamps the envelope (node, instance, sequences, time) and sends it with its topic frame.
   void publish(v1::Envelope& envelope);
+  // The same for a body already encoded (the bytes of a UsageReport for FeedKind::usage).
+  void publish(FeedKind kind, std::string_view body);
 
   const NodeIdentity& identity() const { return identity_; }
   void set_node_id(std::string node_id) { identity_.node_id = std::move(node_id); }
   std::uint64_t messages_published() const { return sequence_; }
 
  private:
+  void stamp(v1::Envelope& envelope, FeedKind kind);
+  void send(FeedKind kind);  // buffer_ holds the envelope
+
   NodeIdentity identity_;
   zmq::context_t context_{1};
   zmq::socket_t socket_;

@@ -1,12 +1,13 @@
 // tallyctl top: workloads sorted by cost (GPU time, then tokens, over the last report's interval) with their
-// tails, refreshed live from the feed's usage reports.
+// tails, refreshed live from the feed's usage reports (folded into a UsageView: a report carries what changed).
 
 #include <cstdio>
 #include <memory>
 
 #include <fmt/format.h>
 
-#include "agent/config/config.hpp"
+#include "agent/feed/endpoint.hpp"
+#include "agent/feed/usage_view.hpp"
 #include "agent/tallyctl/ctl_commands.hpp"
 #include "agent/feed/subscription.hpp"
 #include "agent/feed/watch.hpp"
@@ -54,47 +55,54 @@ std::string human_rate(double bytes_per_second) {
   return fmt::format("{:.2f}G", bytes_per_second / 1e9);
 }
 
-std::string render(const v1::Envelope& envelope, std::size_t limit) {
-  const v1::UsageReport& report = envelope.usage();
-  const double seconds =
-      std::max(1e-3, static_cast<double>(report.interval_end_unix_ns() - report.interval_start_unix_ns()) / 1e9);
+// Per second over the last report's interval: what moved in it (a counter the report did not carry did not move).
+double rate(const CounterViews& counters, const std::string& name, v1::ValueSource source, std::uint64_t report,
+            double seconds) {
+  const auto it = counters.find({name, source});
+  if (it == counters.end() || it->second.reported != report) return 0.0;
+  return static_cast<double>(it->second.delta) / seconds;
+}
+
+std::uint64_t total(const CounterViews& counters, const std::string& name, v1::ValueSource source) {
+  const auto it = counters.find({name, source});
+  return it == counters.end() ? 0 : it->second.total;
+}
+
+std::string render(const std::string& node_id, const UsageView& view, std::size_t limit) {
+  const double seconds = std::max(1e-3, view.interval_seconds());
+  const std::uint64_t now = view.reports();
   std::vector<Row> rows;
-  for (const auto& w : report.workloads()) {
-    const bool kernel_only = w.label_sets().empty() && w.names().empty();
-    if (kernel_only && !w.has_kernel()) continue;
+  for (const auto& [id, w] : view.workloads()) {
     Row row;
-    row.id = w.workload_id();
-    for (const auto& n : w.names()) row.name += (row.name.empty() ? "" : ",") + n;
-    row.state = w.exited() ? "exited" : fmt::format("{} pid", w.pids_size());
-    if (!w.quarantined().empty()) row.state += " QUARANTINE";
-    row.dropped = w.dropped_events();
-    if (w.has_kernel()) {
-      const v1::KernelUsage& k = w.kernel();
-      row.io_read = static_cast<double>(k.io_read_bytes()) / seconds;
-      row.io_write = static_cast<double>(k.io_write_bytes()) / seconds;
-      row.net_rx = static_cast<double>(k.net_rx_bytes()) / seconds;
-      row.net_tx = static_cast<double>(k.net_tx_bytes()) / seconds;
-      row.gpu_opens = k.gpu_device_opens();
-      if (kernel_only) row.state = k.source() == v1::KernelUsage::SOURCE_SAMPLED ? "kernel (sampled)" : "kernel";
+    row.id = id;
+    for (const auto& n : w.last.names()) row.name += (row.name.empty() ? "" : ",") + n;
+    row.state = w.last.exited() ? "exited" : fmt::format("{} pid", w.last.pids_size());
+    if (!w.last.quarantined().empty()) row.state += " QUARANTINE";
+    row.dropped = total(w.totals, "events_dropped", v1::VALUE_SOURCE_CLIENT);
+    // The kernel's view: traced by the probes, or sampled from /proc when they are off.
+    bool sampled = false;
+    for (v1::ValueSource source : {v1::VALUE_SOURCE_KERNEL_PROBES, v1::VALUE_SOURCE_PROC_SAMPLING}) {
+      row.io_read += rate(w.totals, "io_read_bytes", source, now, seconds);
+      row.io_write += rate(w.totals, "io_write_bytes", source, now, seconds);
+      row.net_rx += rate(w.totals, "net_rx_bytes", source, now, seconds);
+      row.net_tx += rate(w.totals, "net_tx_bytes", source, now, seconds);
+      sampled = sampled || w.totals.contains({"io_read_bytes", v1::VALUE_SOURCE_PROC_SAMPLING}) ||
+                w.totals.contains({"io_write_bytes", v1::VALUE_SOURCE_PROC_SAMPLING});
     }
-    for (const auto& ls : w.label_sets()) {
-      auto delta = [&](const char* key) {
-        const auto it = ls.deltas().find(key);
-        return it == ls.deltas().end() ? 0.0 : static_cast<double>(it->second);
-      };
-      auto total = [&](const char* key) {
-        const auto it = ls.counters().find(key);
-        return it == ls.counters().end() ? std::uint64_t{0} : it->second;
-      };
-      row.requests += delta("requests") / seconds;
-      row.tokens += (delta("tokens_in") + delta("tokens_out")) / seconds;
-      row.gpu_s += delta("gpu_time_ns") / 1e9 / seconds;
-      row.total_tokens += total("tokens_in") + total("tokens_out");
-      if (ls.has_ttft_ns()) {
-        row.ttft.merge(from_proto(ls.ttft_ns()));
-        row.duration.merge(from_proto(ls.duration_ns()));
-        row.tokens_hist.merge(from_proto(ls.tokens()));
-        row.gpu.merge(from_proto(ls.gpu_time_ns()));
+    row.gpu_opens = total(w.totals, "gpu_device_opens", v1::VALUE_SOURCE_KERNEL_PROBES);
+    if (w.label_sets.empty() && w.last.names().empty()) row.state = sampled ? "kernel (sampled)" : "kernel";
+    for (const auto& [text, ls] : w.label_sets) {
+      row.requests += rate(ls.counters, "requests", v1::VALUE_SOURCE_CLIENT, now, seconds);
+      row.tokens += rate(ls.counters, "tokens_in", v1::VALUE_SOURCE_CLIENT, now, seconds) +
+                    rate(ls.counters, "tokens_out", v1::VALUE_SOURCE_CLIENT, now, seconds);
+      row.gpu_s += rate(ls.counters, "gpu_time_ns", v1::VALUE_SOURCE_CLIENT, now, seconds) / 1e9;
+      row.total_tokens += total(ls.counters, "tokens_in", v1::VALUE_SOURCE_CLIENT) +
+                          total(ls.counters, "tokens_out", v1::VALUE_SOURCE_CLIENT);
+      if (ls.last.has_ttft_ns()) {
+        row.ttft.merge(from_proto(ls.last.ttft_ns()));
+        row.duration.merge(from_proto(ls.last.duration_ns()));
+        row.tokens_hist.merge(from_proto(ls.last.tokens()));
+        row.gpu.merge(from_proto(ls.last.gpu_time_ns()));
       }
     }
     rows.push_back(std::move(row));
@@ -105,8 +113,7 @@ std::string render(const v1::Envelope& envelope, std::size_t limit) {
     if (a.total_tokens != b.total_tokens) return a.total_tokens > b.total_tokens;
     return a.io_read + a.io_write + a.net_rx + a.net_tx > b.io_read + b.io_write + b.net_rx + b.net_tx;
   });
-  std::string out = fmt::format("tally top: node {}, {} workloads, interval {:.1f}s\n", envelope.node_id(),
-                                rows.size(), seconds);
+  std::string out = fmt::format("tally top: node {}, {} workloads, interval {:.1f}s\n", node_id, rows.size(), seconds);
   out += fmt::format("{:<40} {:<16} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {}\n",
                      "WORKLOAD", "NAME", "REQ/s", "TOK/s", "GPU", "TTFT p50", "TTFT p99", "DUR p99", "TOP1%TOK",
                      "DROPPED", "IO R/s", "IO W/s", "NET RX", "NET TX", "GPUOPEN", "STATE");
@@ -125,8 +132,14 @@ std::string render(const v1::Envelope& envelope, std::size_t limit) {
 int run_top(const TopOptions& options) {
   std::uint64_t shown = 0;
   const std::vector<std::string> kinds{std::string(topic_of(FeedKind::usage))};
+  UsageView view;
+  bool complete = false;  // a report carries what changed: the picture is whole from the first snapshot on
+  if (!options.plain) std::fputs("tally top: waiting for the agent's next snapshot...\n", stdout);
   return receive_feed("tallyctl top", options.endpoints, kinds, [&](const v1::Envelope& envelope) {
-    const std::string screen = render(envelope, options.limit);
+    view.apply(envelope.usage());
+    complete = complete || envelope.usage().snapshot();
+    if (!complete) return true;
+    const std::string screen = render(envelope.node_id(), view, options.limit);
     if (!options.plain) std::fputs("\x1b[H\x1b[2J", stdout);  // home, clear: refresh in place
     std::fputs(screen.c_str(), stdout);
     std::fflush(stdout);

@@ -5,7 +5,7 @@
 
 #include <fmt/format.h>
 
-#include "agent/config/config.hpp"
+#include "agent/feed/endpoint.hpp"
 #include "agent/tallyctl/ctl_commands.hpp"
 #include "agent/feed/subscription.hpp"
 #include "agent/feed/watch.hpp"

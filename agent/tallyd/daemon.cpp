@@ -2,8 +2,9 @@
 
 #include <sys/epoll.h>
 
-#include <csignal>
 #include <chrono>
+#include <csignal>
+#include <deque>
 #include <memory>
 
 #include <fmt/ranges.h>
@@ -11,22 +12,51 @@
 #include <systemd/sd-daemon.h>
 
 #include "agent/base/clock.hpp"
-#include "agent/tallyd/event_loop.hpp"
-#include "agent/feed/publisher.hpp"
 #include "agent/base/logging.hpp"
-#include "agent/tallyd/self_usage.hpp"
-#include "agent/tallyd/usage_meter.hpp"
 #include "agent/base/version.hpp"
-#include "collectors/kernel/kernel_usage.hpp"
-#include "collectors/topology/topology.hpp"
+#include "agent/checkpoint/checkpoint.hpp"
+#include "agent/feed/publisher.hpp"
 #include "agent/feed/topology_message.hpp"
+#include "agent/feed/usage_report.hpp"
+#include "agent/ledger/ledger.hpp"
+#include "agent/tallyd/client_usage.hpp"
+#include "agent/tallyd/event_loop.hpp"
+#include "agent/tallyd/kernel_usage.hpp"
+#include "agent/tallyd/self_usage.hpp"
+#include "collectors/kernel/kernel_source.hpp"
+#include "collectors/topology/topology.hpp"
 #include "collectors/topology/topology_watch.hpp"
+#include "shm/segments/metering.hpp"
 
 namespace tally::agent {
 namespace {
 
 using std::chrono::milliseconds;
 
+// How late a timer may fire (sd-event coalesces wake-ups within it). Draining is what keeps client lanes from
+// filling, reports carry the intervals: a few milliseconds. The heartbeat can wait a little longer.
+constexpr milliseconds kDrainAccuracy{1};
+constexpr milliseconds kReportAccuracy{2};
+constexpr milliseconds kHeartbeatAccuracy{20};
+constexpr milliseconds kDeviceSettle{200};  // quiet time after the last device event
+constexpr milliseconds kDeviceSettleAccuracy{10};
+
+void fill_probe_state(const collectors::ProbeState& state, v1::ProbeState& out) {
+  switch (state.state) {
+    case collectors::ProbeState::State::attached: out.set_state(v1::ProbeState::STATE_ATTACHED); break;
+    case collectors::ProbeState::State::off: out.set_state(v1::ProbeState::STATE_OFF); break;
+    case collectors::ProbeState::State::disabled: out.set_state(v1::ProbeState::STATE_DISABLED); break;
+  }
+  out.set_reason(state.reason);
+  for (const auto& program : state.programs) out.add_programs(program);
+  out.set_events_dropped(state.stats.ring_full);
+  out.set_map_entries(state.stats.entries);
+  out.set_map_capacity(state.stats.capacity);
+  out.set_map_full(state.stats.map_full);
+  out.set_pinned(state.pinned);
+  out.set_adopted(state.adopted);
+  out.set_epoch(state.epoch);
+}
 
 class Daemon {
  public:
@@ -41,20 +71,22 @@ class Daemon {
 
   Result<void> start() {
     TALLY_TRY(publisher_->set_endpoints(config_.feed.bind, config_.feed.connect));
-    TALLY_TRY(arm_timers());
+    // Signals first: they are blocked for the process here, before any thread of ours starts.
     auto on_stop = [this] { stop(); };
-    auto term = loop_->add_signal(SIGTERM, on_stop);
-    if (!term) return term.error();
-    auto interrupt = loop_->add_signal(SIGINT, on_stop);
-    if (!interrupt) return interrupt.error();
+    for (int signal_number : {SIGTERM, SIGINT}) {
+      auto source = loop_->add_signal(signal_number, on_stop);
+      if (!source) return source.error();
+      signal_sources_.push_back(std::move(*source));
+    }
     auto hangup = loop_->add_signal(SIGHUP, [this] { reload(); });
     if (!hangup) return hangup.error();
-    signal_sources_.push_back(std::move(*term));
-    signal_sources_.push_back(std::move(*interrupt));
     signal_sources_.push_back(std::move(*hangup));
 
+    restore_ledger();
+    TALLY_TRY(start_checkpoints());
+    TALLY_TRY(arm_timers());
     watch_devices();
-    start_probes();
+    start_kernel_source();
     start_metering();
     publish_topology();
     // READY=1 only now: the feed socket is bound and accepts subscribers.
@@ -74,20 +106,104 @@ class Daemon {
     if (!config_.feed.connect.empty()) line += fmt::format("feed connecting to {}; ", fmt::join(config_.feed.connect, ", "));
     line += fmt::format("heartbeat every {} ms; usage every {} ms; config generation {}",
                         config_.feed.heartbeat_interval_ms, config_.feed.usage_interval_ms, config_generation_);
-    if (meter_) line += "; " + meter_->status();
+    if (metering_) {
+      line += fmt::format("; metering on {} ({} segments)", config_.metering.socket, metering_->live_segments());
+    }
+    line += fmt::format("; state in {}", config_.agent.state_dir);
     return line;
   }
 
+  std::filesystem::path checkpoint_path() const {
+    return std::filesystem::path(config_.agent.state_dir) / "ledger.checkpoint";
+  }
+
   Result<void> arm_timers() {
-    auto heartbeat =
-        loop_->add_periodic(milliseconds(config_.feed.heartbeat_interval_ms), [this] { publish_heartbeat(); });
+    auto heartbeat = loop_->add_periodic(milliseconds(config_.feed.heartbeat_interval_ms), kHeartbeatAccuracy,
+                                         [this] { publish_heartbeat(); });
     if (!heartbeat) return heartbeat.error();
-    auto usage = loop_->add_periodic(milliseconds(config_.feed.usage_interval_ms), [this] { publish_usage(false); });
+    auto usage = loop_->add_periodic(milliseconds(config_.feed.usage_interval_ms), kReportAccuracy,
+                                     [this] { publish_usage(false); });
     if (!usage) return usage.error();
     heartbeat_timer_ = std::move(*heartbeat);
     usage_timer_ = std::move(*usage);
     return {};
   }
+
+  // ---- The ledger and its checkpoint -------------------------------------------------------------------------
+
+  void restore_ledger() {
+    if (auto loaded = load_checkpoint(ledger_, checkpoint_path()); !loaded) {
+      // Losing the saved totals is bad, refusing to meter is worse: say it loudly and start empty.
+      spdlog::error("ledger: {}; starting without it", loaded.error().message);
+    } else if (!ledger_.workloads().empty()) {
+      spdlog::info("ledger: {} workloads restored from {}", ledger_.workloads().size(), checkpoint_path().string());
+    }
+    const auto legacy = std::filesystem::path(config_.agent.state_dir) / "metering.json";
+    std::error_code ec;
+    if (std::filesystem::exists(legacy, ec) && !std::filesystem::exists(checkpoint_path(), ec)) {
+      spdlog::warn("ledger: {} is the checkpoint of an older tallyd and is not read: the totals of exited workloads "
+                   "it held start again", legacy.string());
+    }
+  }
+
+  Result<void> start_checkpoints() {
+    auto writer = CheckpointWriter::start(checkpoint_path());
+    if (!writer) return writer.error();
+    checkpoints_ = std::move(*writer);
+    auto io = loop_->add_io(checkpoints_->fd(), EPOLLIN, [this](std::uint32_t) {
+      checkpoints_->on_readable();
+      on_checkpoint_durable();
+    });
+    if (!io) return io.error();
+    checkpoint_io_ = std::move(*io);
+    return {};
+  }
+
+  // Written after the report that carried these totals was published, when something changed, at most every
+  // checkpoint_interval_ms unless something retired waits for it (its files or map entries go once it is durable).
+  void checkpoint(bool final) {
+    if (ledger_.generation() == checkpointed_generation_) return;
+    const bool retirements = ledger_.retired() != last_checkpoint_retired_;
+    const auto now = std::chrono::steady_clock::now();
+    const bool due = final || retirements || now - last_checkpoint_ >= milliseconds(config_.agent.checkpoint_interval_ms);
+    if (!due) return;
+    const std::uint64_t generation = ++checkpoint_generation_;
+    waiting_for_checkpoint_.push_back({generation, {ledger_.retired().begin(), ledger_.retired().end()}});
+    last_checkpoint_retired_ = ledger_.retired();
+    checkpointed_generation_ = ledger_.generation();
+    last_checkpoint_ = now;
+    std::string bytes = save_checkpoint(ledger_);
+    if (!final) {
+      checkpoints_->submit(generation, std::move(bytes));
+      return;
+    }
+    if (auto written = checkpoints_->write_now(generation, std::move(bytes)); !written) {
+      spdlog::error("ledger: final checkpoint not written: {}", written.error().message);
+    }
+    on_checkpoint_durable();
+  }
+
+  // What was retired before a durable checkpoint is safe there: its source may remove it now.
+  void on_checkpoint_durable() {
+    if (auto error = checkpoints_->last_error()) {
+      spdlog::error("ledger: checkpoint not written (retried with the next one): {}", error->message);
+    }
+    const std::uint64_t durable = checkpoints_->durable_generation();
+    while (!waiting_for_checkpoint_.empty() && waiting_for_checkpoint_.front().generation <= durable) {
+      for (const auto& key : waiting_for_checkpoint_.front().retired) {
+        if (key.starts_with("shm:")) {
+          if (!metering_) continue;  // kept until metering runs again and can remove the segment
+          metering_->remove_files(key.substr(4));
+          ledger_.forget_retired(key);
+        } else if (kernel_ && kernel_->forget(key)) {
+          ledger_.forget_retired(key);
+        }
+      }
+      waiting_for_checkpoint_.pop_front();
+    }
+  }
+
+  // ---- Sinks: the feed ---------------------------------------------------------------------------------------
 
   void publish_heartbeat() {
     const SelfUsage self = read_self_usage();
@@ -99,21 +215,25 @@ class Daemon {
     heartbeat->set_uptime_ns(static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - started_).count()));
     heartbeat->set_config_generation(config_generation_);
-    if (kernel_) *heartbeat->mutable_probes() = kernel_->probe_state();
+    if (kernel_) fill_probe_state(kernel_->state(), *heartbeat->mutable_probes());
     publisher_->publish(envelope);
   }
 
   void publish_usage(bool final) {
+    if (final && metering_) metering_->drain();
+    if (kernel_) kernel_usage_->record(kernel_->collect());
     const std::uint64_t now = unix_time_ns();
-    v1::Envelope envelope;
-    v1::UsageReport* usage = envelope.mutable_usage();
-    usage->set_interval_start_unix_ns(interval_start_ns_);
-    usage->set_interval_end_unix_ns(now);
-    usage->set_final(final);
-    if (meter_) meter_->report(*usage);
-    add_kernel_usage(*usage);
+    ledger_.expire(now, std::uint64_t{config_.metering.retention_s} * 1'000'000'000ULL);
+    const auto steady = std::chrono::steady_clock::now();
+    const bool snapshot =
+        final || reports_ == 0 || steady - last_snapshot_ >= milliseconds(config_.feed.snapshot_interval_ms);
+    if (snapshot) last_snapshot_ = steady;
+    publisher_->publish(FeedKind::usage, encoder_.encode(ledger_, {interval_start_ns_, now, snapshot, final}));
+    ledger_.mark_reported();
     interval_start_ns_ = now;
-    publisher_->publish(envelope);
+    // Every source has had its say once: contributors of a previous run nobody re-attached are gone.
+    if (reports_++ == 0) ledger_.drop_unclaimed_contributors();
+    checkpoint(final);
   }
 
   void publish_topology() {
@@ -134,6 +254,8 @@ class Daemon {
     publisher_->publish(envelope);
   }
 
+  // ---- Sources -----------------------------------------------------------------------------------------------
+
   // Republishes the topology when a PCI function, a network interface or an RDMA device appears or disappears:
   // kernel uevents on a netlink socket (docs/topology.md). One hot-plug emits a burst of events (add, bind,
   // driver nodes), so a one-shot timer coalesces a burst into one publication.
@@ -143,7 +265,7 @@ class Daemon {
       spdlog::warn("topology: device changes are not watched: {}", monitor.error().message);
       return;
     }
-    auto settle = loop_->add_oneshot([this] { publish_topology(); });
+    auto settle = loop_->add_oneshot(kDeviceSettleAccuracy, [this] { publish_topology(); });
     if (!settle) {
       spdlog::warn("topology: device changes are not watched: {}", settle.error().message);
       return;
@@ -162,62 +284,66 @@ class Daemon {
     device_events_ = std::move(*source);
   }
 
-  // eBPF probes (docs/ebpf.md): one warning when they cannot run here; kernel usage is then sampled from /proc.
-  void start_probes() {
-    kernel_ = collectors::KernelUsageCollector::start(config_.probes.enabled);
-    const v1::ProbeState& state = kernel_->probe_state();
-    if (state.state() == v1::ProbeState::STATE_OFF) {
+  // The kernel's counters (docs/ebpf.md): one warning when the probes cannot run here; IO is then sampled.
+  void start_kernel_source() {
+    collectors::KernelSourceOptions options;
+    options.probes_enabled = config_.probes.enabled;
+    options.pin_dir = config_.probes.pin_dir;
+    options.counters_capacity = config_.probes.counters_capacity;
+    options.instance_id = publisher_->identity().instance_id;
+    kernel_ = collectors::KernelSource::start(options);
+    kernel_usage_ = std::make_unique<KernelUsageRecorder>(ledger_);
+    const collectors::ProbeState& state = kernel_->state();
+    if (state.state == collectors::ProbeState::State::off) {
       spdlog::warn("probes off: {}; IO is sampled from /proc/PID/io instead (bytes of exited processes are missed)",
-                   state.reason());
-    } else if (state.state() == v1::ProbeState::STATE_ATTACHED) {
-      spdlog::info("probes attached: {}", fmt::join(state.programs(), ", "));
+                   state.reason);
+    } else if (state.state == collectors::ProbeState::State::attached) {
+      spdlog::info("probes {}: {}{}", state.adopted ? "adopted" : "attached", fmt::join(state.programs, ", "),
+                   state.pinned ? fmt::format(" (pinned in {})", config_.probes.pin_dir) : "");
     }
     if (kernel_->events_fd() < 0) return;
     auto source = loop_->add_io(kernel_->events_fd(), EPOLLIN, [this](std::uint32_t) { kernel_->consume_events(); });
     if (!source) {
-      spdlog::warn("probes: exec/exit/device events are not watched: {}", source.error().message);
+      spdlog::warn("probes: exec/exit/device/cgroup events are not watched: {}", source.error().message);
       return;
     }
     kernel_events_ = std::move(*source);
-  }
-
-  // Adds each workload's kernel usage to its WorkloadUsage entry (made here when no other source reported it).
-  void add_kernel_usage(v1::UsageReport& usage) {
-    if (!kernel_) return;
-    for (auto& [workload_id, kernel] : kernel_->collect()) {
-      v1::WorkloadUsage* entry = nullptr;
-      for (auto& existing : *usage.mutable_workloads()) {
-        if (existing.workload_id() == workload_id) entry = &existing;
-      }
-      if (entry == nullptr) {
-        entry = usage.add_workloads();
-        entry->set_workload_id(workload_id);
-      }
-      *entry->mutable_kernel() = std::move(kernel);
-    }
   }
 
   // Workload metering (docs/workload-integration.md): a failure here leaves the rest of the agent running, loudly.
   // Its [metering] keys take effect at the next start, not on reload.
   void start_metering() {
     if (!config_.metering.enabled) return;
-    auto meter = UsageMeter::start(config_.metering);
-    if (!meter) {
-      spdlog::error("metering off: {}", meter.error().message);
+    client_usage_ = std::make_unique<ClientUsage>(ledger_);
+    shm::MeteringSource::Options options;
+    options.socket_path = config_.metering.socket;
+    options.segment_dir = std::filesystem::path(config_.metering.runtime_dir) / "segments";
+    options.limits.default_lane_records = config_.metering.lane_records;
+    options.limits.default_slots = config_.metering.slots;
+    options.limits.max_slots = std::max<std::uint32_t>(config_.metering.slots, 256);
+    options.limits.default_label_sets = config_.metering.label_sets;
+    options.tenant_rules = config_.metering.tenant_rules;
+    options.instance_id = publisher_->identity().instance_id;
+    auto metering = shm::MeteringSource::start(options, *client_usage_, [this](const std::string& name) {
+      return ledger_.is_retired(ClientUsage::contributor_key(name));
+    });
+    if (!metering) {
+      spdlog::error("metering off: {}", metering.error().message);
       return;
     }
-    auto io = loop_->add_io((*meter)->registration_fd(), EPOLLIN, [this](std::uint32_t) {
-      meter_->on_registration_readable();
-    });
-    auto tick = loop_->add_periodic(milliseconds(config_.metering.drain_interval_ms), [this] { meter_->drain(); });
+    auto io = loop_->add_io((*metering)->fd(), EPOLLIN, [this](std::uint32_t) { metering_->on_readable(); });
+    auto tick = loop_->add_periodic(milliseconds(config_.metering.drain_interval_ms), kDrainAccuracy,
+                                    [this] { metering_->drain(); });
     if (!io || !tick) {
       spdlog::error("metering off: {}", !io ? io.error().message : tick.error().message);
       return;
     }
-    meter_ = std::move(*meter);
+    metering_ = std::move(*metering);
     metering_io_ = std::move(*io);
     metering_timer_ = std::move(*tick);
   }
+
+  // ---- Life cycle --------------------------------------------------------------------------------------------
 
   void reload() {
     sd_notifyf(0, "RELOADING=1\nSTATUS=reloading %s", options_.config_path.c_str());
@@ -238,7 +364,8 @@ class Daemon {
     sd_notifyf(0, "READY=1\nSTATUS=%s", status_line().c_str());
   }
 
-  // Applies a new configuration; on error the running one stays in force, untouched.
+  // Applies a new configuration; on error the running one stays in force, untouched. Sources and the state
+  // directory keep their start-time settings (docs/configuration.md).
   Result<void> apply(Config next) {
     if (next.agent.node_id != config_.agent.node_id) {
       auto identity = make_node_identity(next.agent.node_id);
@@ -248,6 +375,9 @@ class Daemon {
     TALLY_TRY(publisher_->set_endpoints(next.feed.bind, next.feed.connect));
     const bool timers_changed = next.feed.heartbeat_interval_ms != config_.feed.heartbeat_interval_ms ||
                                 next.feed.usage_interval_ms != config_.feed.usage_interval_ms;
+    next.agent.state_dir = config_.agent.state_dir;
+    next.metering = config_.metering;
+    next.probes = config_.probes;
     config_ = std::move(next);
     if (timers_changed) TALLY_TRY(arm_timers());
     if (!options_.log_level_override) {
@@ -271,15 +401,34 @@ class Daemon {
   std::uint64_t interval_start_ns_;
   std::uint32_t config_generation_ = 1;
   EventSource heartbeat_timer_, usage_timer_;
-  static constexpr std::chrono::milliseconds kDeviceSettle{200};  // quiet time after the last device event
+  std::vector<EventSource> signal_sources_;
+
+  // The ledger between the sources and the sinks.
+  ledger::Ledger ledger_;
+  UsageReportEncoder encoder_;
+  std::uint64_t reports_ = 0;
+  std::chrono::steady_clock::time_point last_snapshot_;
+
+  // Its checkpoint; what each submitted checkpoint retired waits for it to be durable.
+  struct Retired {
+    std::uint64_t generation;
+    std::vector<std::string> retired;
+  };
+  std::unique_ptr<CheckpointWriter> checkpoints_;
+  EventSource checkpoint_io_;
+  std::deque<Retired> waiting_for_checkpoint_;
+  std::set<std::string> last_checkpoint_retired_;
+  std::uint64_t checkpoint_generation_ = 0, checkpointed_generation_ = 0;
+  std::chrono::steady_clock::time_point last_checkpoint_{};
+
   std::unique_ptr<collectors::DeviceEventMonitor> device_monitor_;
   EventSource device_events_, device_settle_timer_;
-  std::vector<EventSource> signal_sources_;
-  // Destroyed before the loop: the ring buffer's event source first, then the probes (which detaches them all).
-  std::unique_ptr<collectors::KernelUsageCollector> kernel_;
+  // Sources; each one's event sources are destroyed before it.
+  std::unique_ptr<collectors::KernelSource> kernel_;
+  std::unique_ptr<KernelUsageRecorder> kernel_usage_;
   EventSource kernel_events_;
-  // Workload metering over shared memory (docs/shm-format.md). Its sources go before it.
-  std::unique_ptr<UsageMeter> meter_;
+  std::unique_ptr<ClientUsage> client_usage_;
+  std::unique_ptr<shm::MeteringSource> metering_;
   EventSource metering_io_, metering_timer_;
 };
 

@@ -1,6 +1,7 @@
 #include "agent/tallyd/event_loop.hpp"
 
 #include <csignal>
+#include <algorithm>
 #include <cstring>
 
 namespace tally::agent {
@@ -36,7 +37,8 @@ Result<std::unique_ptr<EventLoop>> EventLoop::create() {
 
 EventLoop::~EventLoop() { sd_event_unref(event_); }
 
-Result<EventSource> EventLoop::add_periodic(std::chrono::microseconds period, std::function<void()> callback) {
+Result<EventSource> EventLoop::add_periodic(std::chrono::microseconds period, std::chrono::microseconds accuracy,
+                                            std::function<void()> callback) {
   auto* state = new PeriodicState{static_cast<std::uint64_t>(period.count()), std::move(callback)};
   auto handler = [](sd_event_source* source, std::uint64_t usec, void* userdata) -> int {
     auto* s = static_cast<PeriodicState*>(userdata);
@@ -47,7 +49,9 @@ Result<EventSource> EventLoop::add_periodic(std::chrono::microseconds period, st
     return 0;
   };
   sd_event_source* source = nullptr;
-  int r = sd_event_add_time_relative(event_, &source, CLOCK_MONOTONIC, state->period_us, 0, handler, state);
+  // An accuracy of 0 is sd-event's default (250 ms): at least 1 µs asks for what we say.
+  const auto slack = static_cast<std::uint64_t>(std::max<std::int64_t>(accuracy.count(), 1));
+  int r = sd_event_add_time_relative(event_, &source, CLOCK_MONOTONIC, state->period_us, slack, handler, state);
   if (r < 0) {
     delete state;
     return errno_error(r, "sd_event_add_time_relative");
@@ -57,14 +61,15 @@ Result<EventSource> EventLoop::add_periodic(std::chrono::microseconds period, st
   return EventSource(source);
 }
 
-Result<EventSource> EventLoop::add_oneshot(std::function<void()> callback) {
+Result<EventSource> EventLoop::add_oneshot(std::chrono::microseconds accuracy, std::function<void()> callback) {
   auto* state = new std::function<void()>(std::move(callback));
   auto handler = [](sd_event_source*, std::uint64_t, void* userdata) -> int {
     (*static_cast<std::function<void()>*>(userdata))();
     return 0;
   };
   sd_event_source* source = nullptr;
-  if (int r = sd_event_add_time_relative(event_, &source, CLOCK_MONOTONIC, 0, 0, handler, state); r < 0) {
+  const auto slack = static_cast<std::uint64_t>(std::max<std::int64_t>(accuracy.count(), 1));
+  if (int r = sd_event_add_time_relative(event_, &source, CLOCK_MONOTONIC, 0, slack, handler, state); r < 0) {
     delete state;
     return errno_error(r, "sd_event_add_time_relative");
   }

@@ -26,12 +26,15 @@ class EventLoop {
   EventLoop(const EventLoop&) = delete;
   EventLoop& operator=(const EventLoop&) = delete;
 
-  // Calls `callback` every `period` (CLOCK_MONOTONIC, no drift) until the returned source is destroyed.
-  Result<EventSource> add_periodic(std::chrono::microseconds period, std::function<void()> callback);
+  // Calls `callback` every `period` (CLOCK_MONOTONIC, no drift) until the returned source is destroyed. sd-event may
+  // fire a timer up to `accuracy` late so that it can coalesce wake-ups; 0 would mean its default of 250 ms, which
+  // no timer of ours can afford, so every timer says what it needs.
+  Result<EventSource> add_periodic(std::chrono::microseconds period, std::chrono::microseconds accuracy,
+                                   std::function<void()> callback);
 
-  // A one-shot timer, off until armed: arm_oneshot() makes it call `callback` once, `delay` from now; arming it
-  // again before it fires pushes it back (so a burst of events gives one call).
-  Result<EventSource> add_oneshot(std::function<void()> callback);
+  // A one-shot timer, off until armed: arm_oneshot() makes it call `callback` once, `delay` from now (at most
+  // `accuracy` late); arming it again before it fires pushes it back (so a burst of events gives one call).
+  Result<EventSource> add_oneshot(std::chrono::microseconds accuracy, std::function<void()> callback);
   static void arm_oneshot(sd_event_source* timer, std::chrono::microseconds delay);
 
   // Calls `callback` when signal `signal_number` arrives. The signal is blocked for the process so that it is

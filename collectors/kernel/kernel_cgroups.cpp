@@ -3,12 +3,10 @@
 #include <sys/stat.h>
 
 #include <cerrno>
-#include <charconv>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 namespace tally::collectors {
+
 Result<std::uint64_t> cgroup_id_of(const std::filesystem::path& path) {
   struct stat st{};
   if (::stat(path.c_str(), &st) != 0) {
@@ -17,19 +15,19 @@ Result<std::uint64_t> cgroup_id_of(const std::filesystem::path& path) {
   return static_cast<std::uint64_t>(st.st_ino);
 }
 
-std::optional<std::string> CgroupPaths::path_of(std::uint64_t id) {
+std::optional<std::string> CgroupNames::path_of(std::uint64_t id) {
   if (auto it = paths_.find(id); it != paths_.end()) return it->second;
   if (!walked_this_round_) walk();
   if (auto it = paths_.find(id); it != paths_.end()) return it->second;
   return std::nullopt;
 }
 
-void CgroupPaths::walk() {
+void CgroupNames::walk() {
   walked_this_round_ = true;
-  std::map<std::uint64_t, std::string> paths;
   std::error_code ec;
-  if (auto id = cgroup_id_of(root_)) paths[*id] = "/";
-  // Cgroups come and go while we walk: skip what vanished, never fail the walk.
+  if (auto id = cgroup_id_of(root_)) paths_[*id] = "/";
+  // Cgroups come and go while we walk: skip what vanished, never fail the walk. Names learnt from events stay:
+  // a removed cgroup keeps its name until its last counters were reported.
   auto options = std::filesystem::directory_options::skip_permission_denied;
   for (auto it = std::filesystem::recursive_directory_iterator(root_, options, ec);
        !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
@@ -37,16 +35,15 @@ void CgroupPaths::walk() {
     if (!it->is_directory(type_error) || it->is_symlink(type_error)) continue;
     struct stat st{};
     if (::stat(it->path().c_str(), &st) != 0) continue;
-    paths[static_cast<std::uint64_t>(st.st_ino)] = "/" + it->path().lexically_relative(root_).generic_string();
+    paths_[static_cast<std::uint64_t>(st.st_ino)] = "/" + it->path().lexically_relative(root_).generic_string();
   }
-  paths_ = std::move(paths);
 }
 
 void ProcessTable::apply(const KernelEvent& event) {
   switch (event.type) {
-    case KernelEvent::Type::exec: cgroups_[event.pid] = event.cgroup_id; break;
-    case KernelEvent::Type::exit: cgroups_.erase(event.pid); break;
+    case KernelEvent::Type::exec:
     case KernelEvent::Type::device_open: cgroups_[event.pid] = event.cgroup_id; break;
+    case KernelEvent::Type::exit: cgroups_.erase(event.pid); break;
     case KernelEvent::Type::cgroup_created:
     case KernelEvent::Type::cgroup_removed: break;
   }
@@ -57,8 +54,16 @@ std::optional<std::uint64_t> ProcessTable::cgroup_of(pid_t pid) const {
   return std::nullopt;
 }
 
-std::map<std::string, IoBytes> ProcIoSampler::sample() {
-  std::map<std::string, IoBytes> per_cgroup;
+const std::map<std::string, ProcIoSampler::Owner>& ProcIoSampler::sample() {
+  // Owners reported as gone last time go now; the others start this sample with no live process.
+  for (auto it = owners_.begin(); it != owners_.end();) {
+    if (!it->second.live) {
+      it = owners_.erase(it);
+    } else {
+      it->second.live = false;
+      ++it;
+    }
+  }
   std::map<pid_t, Seen> current;
   std::error_code ec;
   for (auto it = std::filesystem::directory_iterator(fs_.path("proc"), ec);
@@ -69,19 +74,30 @@ std::map<std::string, IoBytes> ProcIoSampler::sample() {
     const auto io = read_process_io(fs_, *pid);
     const auto cgroup = read_process_cgroup(fs_, *pid);
     if (!ticks || !io || !cgroup) continue;  // exited meanwhile, or a kernel thread without io accounting
-    IoBytes delta = *io;
+    current[*pid] = Seen{*ticks, *io};
+    const bool root = *cgroup == "/";
+    const std::string key = root ? "process:" + std::to_string(*pid) + ":" + std::to_string(*ticks)
+                                 : "cgroup:" + *cgroup;
+    Owner& owner = owners_[key];
+    owner.cgroup_path = *cgroup;
+    owner.live = true;
+    if (root) {
+      owner.pid = *pid;
+      owner.start_ticks = *ticks;
+    }
+    if (!baseline_taken_) continue;
+    IoBytes grown = *io;  // a process born since the last sample: all of it is new
     if (auto seen = previous_.find(*pid); seen != previous_.end() && seen->second.start_ticks == *ticks) {
-      delta.read_bytes = io->read_bytes >= seen->second.io.read_bytes ? io->read_bytes - seen->second.io.read_bytes : 0;
-      delta.write_bytes =
+      grown.read_bytes = io->read_bytes >= seen->second.io.read_bytes ? io->read_bytes - seen->second.io.read_bytes : 0;
+      grown.write_bytes =
           io->write_bytes >= seen->second.io.write_bytes ? io->write_bytes - seen->second.io.write_bytes : 0;
     }
-    IoBytes& sum = per_cgroup[*cgroup];
-    sum.read_bytes += delta.read_bytes;
-    sum.write_bytes += delta.write_bytes;
-    current[*pid] = Seen{*ticks, *io};
+    owner.total.read_bytes += grown.read_bytes;
+    owner.total.write_bytes += grown.write_bytes;
   }
+  baseline_taken_ = true;
   previous_ = std::move(current);
-  return per_cgroup;
+  return owners_;
 }
 
 }  // namespace tally::collectors

@@ -1,7 +1,7 @@
 #pragma once
-// What the eBPF counters are keyed by, made readable: cgroup v2 ids (the inode number of the cgroup directory, as
-// bpf_get_current_cgroup_id() returns it) mapped to paths relative to the hierarchy root, and the pid → cgroup
-// table the exec/exit events keep current. Also the fallback when probes are off: /proc/PID/io sampled per cgroup.
+// What the kernel counters are keyed by, made readable: cgroup v2 ids (the inode number of the cgroup directory, as
+// bpf_get_current_cgroup_id() returns it) named by their paths, and the pid → cgroup table the exec/exit events keep
+// current. Also the fallback when probes are off: /proc/PID/io sampled per cgroup.
 
 #include <sys/types.h>
 
@@ -10,32 +10,33 @@
 #include <map>
 #include <optional>
 #include <string>
-#include <vector>
 
-#include "collectors/kernel/bpf_probes.hpp"
+#include "agent/base/fs_root.hpp"
 #include "agent/base/proc.hpp"
 #include "agent/base/result.hpp"
+#include "collectors/kernel/bpf_probes.hpp"
 
 namespace tally::collectors {
 
 // The cgroup v2 id of the directory `path` (its inode number), as BPF sees it.
 Result<std::uint64_t> cgroup_id_of(const std::filesystem::path& path);
 
-// cgroup v2 id → path relative to the hierarchy root ("/" for the root, "/system.slice/foo.service").
-class CgroupPaths {
+// cgroup v2 id → path relative to the hierarchy root ("/" for the root, "/system.slice/foo.service"). Learnt from
+// the probes' cgroup events as cgroups are made, so that one that lives less than a report interval is named too,
+// and from walks of the hierarchy (at start, and at most once per round for an id no event named).
+class CgroupNames {
  public:
-  explicit CgroupPaths(std::filesystem::path root) : root_(std::move(root)) {}
+  explicit CgroupNames(std::filesystem::path root) : root_(std::move(root)) {}
 
-  // The path of `id`; when it is unknown, walks the hierarchy once per call of next_round() to learn new cgroups.
+  void learn(std::uint64_t id, std::string path) { paths_[id] = std::move(path); }
+  void forget(std::uint64_t id) { paths_.erase(id); }
+  // The path of `id`; when it is unknown, walks the hierarchy (once per round) to learn new cgroups.
   std::optional<std::string> path_of(std::uint64_t id);
   // Allows one more walk (call once per reporting interval).
   void next_round() { walked_this_round_ = false; }
-  // Whether `id` was seen on the last walk (false: the cgroup was removed, or is newer than the walk).
-  bool known(std::uint64_t id) const { return paths_.contains(id); }
-  const std::filesystem::path& root() const { return root_; }
+  void walk();
 
  private:
-  void walk();
   std::filesystem::path root_;
   std::map<std::uint64_t, std::string> paths_;
   bool walked_this_round_ = false;
@@ -52,13 +53,23 @@ class ProcessTable {
   std::map<pid_t, std::uint64_t> cgroups_;
 };
 
-// The fallback when probes are off: sums /proc/PID/io rchar and wchar over the processes of each cgroup. It is a
-// sample, not a trace: bytes a process moved after the previous sample and before it exited are missed.
+// The fallback when probes are off: /proc/PID/io rchar and wchar of the live processes, summed per owner (a cgroup
+// path, or for a process in the root cgroup the process itself, as on every other path). It is a sample, not a
+// trace: bytes a process moved after the previous sample and before it exited are missed, and the first sample is a
+// baseline (the processes' bytes before the agent started are not this agent's to report).
 class ProcIoSampler {
  public:
+  struct Owner {
+    IoBytes total;             // cumulative since the first sample
+    std::string cgroup_path;   // the owner's cgroup
+    pid_t pid = 0;             // a root-cgroup process: its pid and start time
+    std::uint64_t start_ticks = 0;
+    bool live = false;         // had a live process in the last sample
+  };
   explicit ProcIoSampler(FsRoot fs = FsRoot()) : fs_(std::move(fs)) {}
-  // Bytes per cgroup path since the previous call (the first call counts everything the processes did so far).
-  std::map<std::string, IoBytes> sample();
+  // Samples every process; returns every owner seen so far by key ("cgroup:<path>" or "process:<pid>:<ticks>").
+  // Owners with no live process left are returned once more with live = false, then dropped.
+  const std::map<std::string, Owner>& sample();
 
  private:
   struct Seen {
@@ -66,7 +77,9 @@ class ProcIoSampler {
     IoBytes io;
   };
   FsRoot fs_;
+  bool baseline_taken_ = false;
   std::map<pid_t, Seen> previous_;
+  std::map<std::string, Owner> owners_;
 };
 
 }  // namespace tally::collectors

@@ -256,7 +256,8 @@ void RegistrationServer::serve(int fd) {
 
   Registration registration;
   registration.segment_path =
-      options_.segment_dir / fmt::format("{}-{}-{}-{}.seg", cred.pid, *start_ticks, ::getpid(), ++sequence_);
+      options_.segment_dir /
+      fmt::format("{}-{}-{}-{}.seg", cred.pid, *start_ticks, options_.instance_id.substr(0, 8), ++sequence_);
   registration.control_path = control_path_of(registration.segment_path);
   registration.producer = Producer{cred.pid, cred.uid, cred.gid, *start_ticks};
   registration.workload_name = name;

@@ -54,6 +54,7 @@ class RegistrationServer {
     std::filesystem::path socket_path{std::string(format::kDefaultSocketPath)};
     std::filesystem::path segment_dir = "/run/tally/segments";
     std::filesystem::path fs_root = "/";  // where proc/ is read (FsRoot)
+    std::string instance_id;              // the agent instance: part of each segment's name, so names never repeat
     SegmentLimits limits;
     std::chrono::milliseconds request_timeout{2000};
   };

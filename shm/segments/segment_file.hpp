@@ -3,7 +3,7 @@
 // (also after an agent restart). A client holds a writable descriptor to its segment and could truncate the file
 // under the agent; reading a page past the new end raises SIGBUS. install_sigbus_guard() handles that the way
 // Wayland compositors handle wl_shm pools: the handler maps anonymous zero pages over the mapping, marks it
-// faulted and returns, and the reader then quarantines the segment (SegmentFile::intact()).
+// faulted and returns, and the reader then quarantines the segment (MappedFile::intact()).
 
 #include <sys/types.h>
 
@@ -36,13 +36,12 @@ class MappedFile {
 
   std::span<std::byte> bytes() const { return {static_cast<std::byte*>(data_), size_}; }
   const std::filesystem::path& path() const { return path_; }
-  int fd() const { return fd_.get(); }
-  // False once the file was truncated or resized under us (SIGBUS caught, or fstat disagrees).
+  // False once a read hit a page the file no longer has (it was truncated under us: SIGBUS caught, zero pages
+  // mapped in). A truncation the reader never reads past changes nothing it reads.
   bool intact() const;
 
  private:
   std::filesystem::path path_;
-  UniqueFd fd_;
   void* data_ = nullptr;
   std::size_t size_ = 0;
   int guard_slot_ = -1;

@@ -180,6 +180,7 @@ Result<void> SegmentReader::read_labels() {
 }
 
 Result<void> SegmentReader::read_counters() {
+  changed_.clear();
   const std::uint32_t used = load_acquire(header_->slots_used);
   if (used > slot_count_) {
     return make_error(ErrorCode::invalid_argument, "slots used {} exceeds slot count {}", used, slot_count_);
@@ -203,9 +204,14 @@ Result<void> SegmentReader::read_counters() {
                           counter_label(k), counters_[handle][k], sum[k]);
       }
     }
-    counters_[handle] = sum;
+    GaugeArray levels;
     for (std::uint32_t g = 0; g < format::kGaugeCount; ++g) {
-      gauges_[handle][g] = load_relaxed(gauges[std::size_t{handle} * format::kGaugeCount + g]);
+      levels[g] = load_relaxed(gauges[std::size_t{handle} * format::kGaugeCount + g]);
+    }
+    if (sum != counters_[handle] || levels != gauges_[handle]) {
+      counters_[handle] = sum;
+      gauges_[handle] = levels;
+      changed_.push_back(handle);
     }
   }
   return {};

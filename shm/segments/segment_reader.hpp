@@ -49,6 +49,8 @@ class SegmentReader {
   // Reads everything new: label sets, counters (checked never to go backwards), gauges, dropped counts, and the
   // events committed in every lane (appended to `events`; tails advanced). Any inconsistency is an Error.
   Result<void> drain(std::vector<RequestEvent>& events);
+  // The label sets whose counters or gauges changed in the last drain (handles, ascending).
+  const std::vector<std::uint32_t>& changed() const { return changed_; }
 
   const format::Header& header() const { return *header_; }
   std::string workload_name() const;
@@ -80,6 +82,7 @@ class SegmentReader {
   std::vector<GaugeArray> gauges_{GaugeArray{}};
   std::vector<std::string> counter_names_;
   std::vector<std::uint64_t> tails_;  // our own copy per lane: the client could scribble on the shared one
+  std::vector<std::uint32_t> changed_;
   std::uint64_t dropped_ = 0, torn_ = 0;
   CounterArray scratch_{};
 };

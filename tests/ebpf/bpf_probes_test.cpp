@@ -281,21 +281,5 @@ TEST(AcceleratorMajorsTest, ReadsDynamicMajorsFromProcDevices) {
   EXPECT_EQ(accelerator_majors(FsRoot(dir / "missing")), (std::vector<std::uint32_t>{195, 226}));
 }
 
-TEST(ProcIoSamplerTest, CountsReadsOfOurOwnCgroup) {
-  const auto own = read_process_cgroup(FsRoot(), ::getpid());
-  if (!own) GTEST_SKIP() << "no cgroup v2 line in /proc/self/cgroup";
-  ProcIoSampler sampler;
-  sampler.sample();
-  TempDir dir;
-  const auto file = dir.write("data", std::string(100000, 'z'));
-  std::ifstream in(file);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  ASSERT_EQ(text.size(), 100000u);
-  const auto sample = sampler.sample();
-  ASSERT_TRUE(sample.contains(*own));
-  EXPECT_GE(sample.at(*own).read_bytes, 100000u);
-  EXPECT_GE(sample.at(*own).write_bytes, 100000u);
-}
-
 }  // namespace
 }  // namespace tally::collectors

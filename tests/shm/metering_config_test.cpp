@@ -15,7 +15,7 @@ TEST(MeteringConfig, Defaults) {
   const MeteringSection m;
   EXPECT_TRUE(m.enabled);
   EXPECT_EQ(m.socket, "/run/tally/tally.sock");
-  EXPECT_EQ(m.state_dir, "/var/lib/tally");
+  EXPECT_EQ(Config{}.agent.state_dir, "/var/lib/tally");
   EXPECT_EQ(m.drain_interval_ms, 100u);
 }
 
@@ -32,6 +32,13 @@ TEST(MeteringConfig, Values) {
   ASSERT_EQ(config->metering.tenant_rules.size(), 2u);
   EXPECT_EQ(config->metering.tenant_rules[0].uid, 1000u);
   EXPECT_EQ(config->metering.tenant_rules[1].cgroup_prefix, "/kubepods");
+  EXPECT_EQ(config->agent.state_dir, "/tmp/state");  // its old name, still read
+}
+
+TEST(MeteringConfig, StateDirIsSetInOnePlace) {
+  EXPECT_NE(error_of("[agent]\nstate_dir = \"/a\"\n[metering]\nstate_dir = \"/b\"\n").find("metering.state_dir"),
+            std::string::npos);
+  EXPECT_NE(error_of("[agent]\nstate_dir = \"relative\"\n").find("agent.state_dir"), std::string::npos);
 }
 
 TEST(MeteringConfig, ErrorsNameTheKey) {

@@ -66,12 +66,23 @@ bool is_writer(const v1::WorkloadUsage& w) {
   return std::find(w.names().begin(), w.names().end(), "shm-test-writer") != w.names().end();
 }
 
+// A counter the client reported, as the feed carries it (0 when absent).
+std::uint64_t client_total(const google::protobuf::RepeatedPtrField<v1::CounterTotal>& totals, const std::string& name) {
+  for (const auto& t : totals) {
+    if (t.name() == name && t.source() == v1::VALUE_SOURCE_CLIENT) return t.total();
+  }
+  return 0;
+}
+
+// The writers' totals in a snapshot report (which carries every workload and label set).
 Totals feed_totals(const v1::UsageReport& report) {
   Totals totals;
   for (const auto& w : report.workloads()) {
     if (!is_writer(w)) continue;
     for (const auto& ls : w.label_sets()) {
-      for (const auto& [name, value] : ls.counters()) totals[text_of(ls)][name] += value;
+      for (const auto& t : ls.totals()) {
+        if (t.source() == v1::VALUE_SOURCE_CLIENT && t.total() != 0) totals[text_of(ls)][t.name()] += t.total();
+      }
     }
   }
   return totals;
@@ -80,10 +91,12 @@ Totals feed_totals(const v1::UsageReport& report) {
 class Metering : public ::testing::Test {
  protected:
   std::string config(std::uint32_t usage_ms = 100, const std::string& more = "") const {
+    // Snapshots every few reports: the tests read whole workloads from them.
     return test_config(1000, usage_ms,
                        fmt::format("[metering]\nsocket = \"{}\"\nruntime_dir = \"{}\"\nstate_dir = \"{}\"\n"
                                    "drain_interval_ms = 10\n{}",
-                                   socket().string(), (dir_ / "run").string(), (dir_ / "state").string(), more));
+                                   socket().string(), (dir_ / "run").string(), (dir_ / "state").string(), more),
+                       3 * usage_ms);
   }
   std::filesystem::path socket() const { return dir_ / "tally.sock"; }
 
@@ -112,11 +125,12 @@ class Metering : public ::testing::Test {
     ASSERT_TRUE(status->exited && status->code == 0) << "writer failed: " << writer.stderr_text();
   }
 
-  // Waits for a usage report whose writer totals equal `expected`; returns it (the last one seen otherwise).
+  // Waits for a snapshot report whose writer totals equal `expected`; returns it (the last snapshot otherwise).
   v1::UsageReport wait_for_totals(const Totals& expected, std::chrono::milliseconds deadline = 30s) {
     v1::UsageReport last;
     subscriber_->receive_until(
         [&](const FeedMessage& m) {
+          if (!m.envelope.usage().snapshot()) return false;
           last = m.envelope.usage();
           return feed_totals(last) == expected;
         },
@@ -156,7 +170,7 @@ TEST_F(Metering, EightProcessesOfFourThreadsExactTotalsAndPercentilesWithinOnePe
   for (const auto& w : report.workloads()) {
     if (!is_writer(w)) continue;
     ids.insert(w.workload_id());
-    EXPECT_EQ(w.dropped_events(), 0u);
+    EXPECT_EQ(client_total(w.totals(), "events_dropped"), 0u);
     EXPECT_TRUE(w.quarantined().empty());
   }
   EXPECT_EQ(ids.size(), 8u);
@@ -230,10 +244,10 @@ TEST_F(Metering, TinyLanesWithTheAgentStoppedTotalsExactDropsCounted) {
   std::uint64_t dropped = 0, histogrammed = 0, requests = 0;
   for (const auto& w : report.workloads()) {
     if (!is_writer(w)) continue;
-    dropped += w.dropped_events();
+    dropped += client_total(w.totals(), "events_dropped");
     for (const auto& ls : w.label_sets()) {
       histogrammed += ls.ttft_ns().histogram().count();
-      requests += ls.counters().at("requests");
+      requests += client_total(ls.totals(), "requests");
     }
   }
   EXPECT_GT(dropped, 0u);
@@ -342,11 +356,14 @@ TEST_F(Metering, HostileSegmentIsQuarantinedAndTheOthersAreUnaffected) {
   add_expected(good, 0, good.iterations, expected);
   const auto report = subscriber_->receive_until(
       [&](const FeedMessage& m) {
+        if (!m.envelope.usage().snapshot()) return false;  // the one that carries every label set
         for (const auto& w : m.envelope.usage().workloads()) {
           if (w.attributes().count("pid") && w.attributes().at("pid") == std::to_string(good_writer->pid())) {
             Totals t;
             for (const auto& ls : w.label_sets()) {
-              for (const auto& [n, v] : ls.counters()) t[text_of(ls)][n] += v;
+              for (const auto& c : ls.totals()) {
+                if (c.total() != 0) t[text_of(ls)][c.name()] += c.total();
+              }
             }
             return t == expected;
           }

@@ -259,7 +259,7 @@ TEST_F(SegmentReaderTest, TruncatedUnderTheReaderIsCaughtNotACrash) {
   auto reader = SegmentReader::attach(file_.bytes());
   ASSERT_TRUE(reader);
   ASSERT_TRUE(file_.intact());
-  ASSERT_EQ(::ftruncate(file_.fd(), 4096), 0);  // what a hostile client can do with its descriptor
+  ASSERT_EQ(::truncate(file_.path().c_str(), 4096), 0);  // what a hostile client can do with its descriptor
   std::vector<RequestEvent> events;
   (void)reader->drain(events);  // reads past the new end: SIGBUS, caught, zero pages mapped in
   EXPECT_FALSE(file_.intact());

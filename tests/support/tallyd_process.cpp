@@ -3,15 +3,26 @@
 #include <fmt/format.h>
 
 namespace tally::test {
+namespace {
+int g_state_dirs = 0;  // each config its own state directory: agents of one test never share a checkpoint
+}  // namespace
 
-std::string test_config(std::uint32_t heartbeat_ms, std::uint32_t usage_ms, const std::string& extra) {
-  // A test's agent stays off the node's own registration socket (/run/tally) unless the test configures metering
-  // with paths of its own.
+std::string test_config(std::uint32_t heartbeat_ms, std::uint32_t usage_ms, const std::string& extra,
+                        std::uint32_t snapshot_ms) {
+  // A test's agent stays off the node's own registration socket (/run/tally), its pinned probes (/sys/fs/bpf/tally)
+  // and its state (/var/lib/tally) unless the test configures them with paths of its own. A fresh state directory
+  // per config: a test that restarts an agent on the same state names its own.
   const bool has_metering = extra.find("[metering]") != std::string::npos;
+  const bool has_probes = extra.find("[probes]") != std::string::npos;
+  const bool has_state = extra.find("state_dir") != std::string::npos;
+  static const TempDir state;  // one per test process, removed at exit
   return fmt::format(
-      "[agent]\nnode_id = \"test-node\"\nlog_level = \"debug\"\n\n"
-      "[feed]\nbind = [\"tcp://127.0.0.1:*\"]\nheartbeat_interval_ms = {}\nusage_interval_ms = {}\n\n{}{}",
-      heartbeat_ms, usage_ms, has_metering ? "" : "[metering]\nenabled = false\n\n", extra);
+      "[agent]\nnode_id = \"test-node\"\nlog_level = \"debug\"\n{}\n"
+      "[feed]\nbind = [\"tcp://127.0.0.1:*\"]\nheartbeat_interval_ms = {}\nusage_interval_ms = {}\n{}\n{}{}{}",
+      has_state ? "" : fmt::format("state_dir = \"{}\"\n", (state / ("state-" + std::to_string(++g_state_dirs))).string()),
+      heartbeat_ms, usage_ms, snapshot_ms == 0 ? "" : fmt::format("snapshot_interval_ms = {}\n", snapshot_ms),
+      has_metering ? "" : "[metering]\nenabled = false\n\n", has_probes ? "" : "[probes]\npin_dir = \"\"\n\n",
+      extra);
 }
 
 TallydProcess::TallydProcess(const std::string& config_text, std::vector<std::string> extra_args,

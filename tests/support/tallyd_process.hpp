@@ -17,8 +17,11 @@
 namespace tally::test {
 
 // A config with the feed on an ephemeral port and fast timers; `extra` is appended (more sections). Metering is off
-// unless `extra` has a [metering] section.
-std::string test_config(std::uint32_t heartbeat_ms = 50, std::uint32_t usage_ms = 50, const std::string& extra = "");
+// unless `extra` has a [metering] section; probes are not pinned unless `extra` has a [probes] section (a test
+// never leaves probes behind); the state lives in a fresh directory unless `extra` names a state_dir.
+// `snapshot_ms` 0: the default snapshot interval.
+std::string test_config(std::uint32_t heartbeat_ms = 50, std::uint32_t usage_ms = 50, const std::string& extra = "",
+                        std::uint32_t snapshot_ms = 0);
 
 class TallydProcess {
  public:

@@ -1,0 +1,257 @@
+#include "shm/segments/metering.hpp"
+
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <spdlog/spdlog.h>
+
+#include "agent/base/proc.hpp"
+#include "shm/format/names.hpp"
+#include "tally/client.h"
+
+namespace tally::shm {
+namespace {
+
+// epoll data for the registration server's fd; pidfds are registered with their segment's pointer.
+constexpr std::uint64_t kRegistrationTag = 0;
+
+constexpr std::uint64_t kMaxSegmentBytes = std::uint64_t{1} << 34;
+constexpr std::uint64_t kMaxControlBytes = std::uint64_t{1} << 24;
+
+// A descriptor that becomes readable when `producer` exits; nullopt when it is gone already (or was never this
+// process: a reused pid with another start time).
+std::optional<UniqueFd> watch_producer(const FsRoot& fs, const Producer& producer) {
+  // The raw system call (Linux 5.3+): glibc 2.36's <sys/pidfd.h> declares pidfd_open without C linkage.
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, producer.pid, 0)));
+  if (!pidfd) return std::nullopt;
+  // Opened first, checked second: a pid reused between the two would show another start time here.
+  const auto ticks = read_process_start_ticks(fs, producer.pid);
+  if (!ticks || *ticks != producer.start_ticks) return std::nullopt;
+  return pidfd;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<MeteringSource>> MeteringSource::start(
+    Options options, Listener& listener, const std::function<bool(const std::string&)>& already_retired) {
+  install_sigbus_guard();
+  auto source = std::unique_ptr<MeteringSource>(new MeteringSource(std::move(options), listener));
+  source->epoll_ = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
+  if (!source->epoll_) return make_error(ErrorCode::io, "epoll_create1: {}", std::strerror(errno));
+  RegistrationServer::Options server;
+  server.socket_path = source->options_.socket_path;
+  server.segment_dir = source->options_.segment_dir;
+  server.fs_root = source->options_.fs.root();
+  server.limits = source->options_.limits;
+  server.instance_id = source->options_.instance_id;
+  MeteringSource* raw = source.get();
+  auto listening = RegistrationServer::listen(server, [raw](const Registration& r) { return raw->attach(r); });
+  if (!listening) return listening.error();
+  source->server_ = std::move(*listening);
+  epoll_event event{};
+  event.events = EPOLLIN;
+  event.data.u64 = kRegistrationTag;
+  if (::epoll_ctl(source->epoll_.get(), EPOLL_CTL_ADD, source->server_->fd(), &event) != 0) {
+    return make_error(ErrorCode::io, "epoll_ctl: {}", std::strerror(errno));
+  }
+  source->restore(already_retired);
+  return source;
+}
+
+MeteringSource::~MeteringSource() = default;
+
+void MeteringSource::restore(const std::function<bool(const std::string&)>& already_retired) {
+  std::error_code ec;
+  std::vector<std::filesystem::path> found;
+  for (const auto& entry : std::filesystem::directory_iterator(options_.segment_dir, ec)) {
+    if (entry.path().extension() == ".seg") found.push_back(entry.path());
+  }
+  std::size_t attached = 0;
+  for (const auto& path : found) {
+    const std::string name = path.filename().string();
+    if (already_retired(name)) {
+      remove_files(name);  // folded into the totals before the last agent stopped: never count it twice
+      continue;
+    }
+    auto registration = read_registration(meta_path_of(path));
+    if (!registration) {
+      // Created but never handed to a client (the agent died in between): nobody wrote to it.
+      spdlog::warn("metering: removing {}: {}", path.string(), registration.error().message);
+      remove_files(name);
+      continue;
+    }
+    registration->segment_path = path;
+    registration->control_path = control_path_of(path);
+    if (auto done = attach(*registration); !done) {
+      spdlog::error("metering: cannot re-attach {}: {}", path.string(), done.error().message);
+    } else {
+      ++attached;
+    }
+  }
+  // Producers that exited while no agent ran: one last drain, then retired.
+  on_exits();
+  if (attached != 0) spdlog::info("metering: {} segments re-attached", attached);
+}
+
+Result<void> MeteringSource::attach(const Registration& registration) {
+  auto segment = std::make_unique<Segment>();
+  segment->name = registration.segment_path.filename().string();
+  segment->registration = registration;
+  auto file = MappedFile::open(registration.segment_path, sizeof(format::Header), kMaxSegmentBytes);
+  if (!file) return file.error();
+  segment->file = std::move(*file);
+  if (auto control = MappedFile::open(registration.control_path, sizeof(format::ControlHeader), kMaxControlBytes)) {
+    segment->control.emplace(std::move(*control));
+  }
+  auto reader = SegmentReader::attach(segment->file.bytes());
+  if (auto pidfd = watch_producer(options_.fs, registration.producer)) segment->pidfd = std::move(*pidfd);
+  segments_.push_back(std::move(segment));
+  Segment& s = *segments_.back();
+  listener_.on_attached(s);
+  if (!reader) {
+    retire(segments_.size() - 1, reader.error().message);
+    return {};  // registered (the client is answered), but never read
+  }
+  s.reader.emplace(std::move(*reader));
+  if (s.pidfd) {
+    epoll_event event{};
+    event.events = EPOLLIN;
+    event.data.ptr = &s;
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, s.pidfd.get(), &event) != 0) s.pidfd.reset();
+  }
+  // Without a pidfd the producer is gone already (or cannot be watched): the next on_exits() retires it.
+  return {};
+}
+
+void MeteringSource::on_readable() {
+  epoll_event events[64];
+  const int n = ::epoll_wait(epoll_.get(), events, 64, 0);
+  bool exits = false;
+  for (int i = 0; i < n; ++i) {
+    if (events[i].data.u64 == kRegistrationTag) {
+      server_->on_readable();
+    } else {
+      exits = true;
+    }
+  }
+  if (exits) on_exits();
+}
+
+void MeteringSource::on_exits() {
+  for (std::size_t i = 0; i < segments_.size();) {
+    Segment& s = *segments_[i];
+    if (s.pidfd) {
+      pollfd p{s.pidfd.get(), POLLIN, 0};
+      if (::poll(&p, 1, 0) == 0) {  // still running
+        ++i;
+        continue;
+      }
+    }
+    // The producer exited: one last drain, then the segment is final.
+    if (auto reason = drain_one(s)) {
+      retire(i, *reason);
+    } else {
+      spdlog::info("metering: pid {} ({}) exited; segment drained one last time", s.registration.producer.pid,
+                   s.registration.identity.id);
+      retire(i, "");
+    }
+  }
+}
+
+std::optional<std::string> MeteringSource::refused_tenant(const Segment& segment, const LabelSet& labels) const {
+  if (options_.tenant_rules.empty()) return std::nullopt;
+  bool restricted = false, allowed = false;
+  const std::string tenant = labels.value_of("tenant");
+  for (const TenantRule& rule : options_.tenant_rules) {
+    const bool matches = (rule.uid && *rule.uid == segment.registration.producer.uid) ||
+                         (!rule.cgroup_prefix.empty() &&
+                          segment.registration.identity.cgroup_path.starts_with(rule.cgroup_prefix));
+    if (!matches) continue;
+    restricted = true;
+    for (const auto& t : rule.tenants) allowed = allowed || t == "*" || t == tenant;
+  }
+  bool has_tenant = false;
+  for (const auto& [k, v] : labels.pairs) has_tenant = has_tenant || k == "tenant";
+  if (!restricted || !has_tenant || allowed) return std::nullopt;
+  return tenant;
+}
+
+void MeteringSource::adopt_new_labels(Segment& segment) {
+  const SegmentReader& reader = *segment.reader;
+  while (segment.label_sets.size() < reader.label_count()) {
+    const auto handle = static_cast<std::uint32_t>(segment.label_sets.size());
+    LabelSet labels = reader.label_set(handle);
+    bool refused = false;
+    if (auto tenant = refused_tenant(segment, labels)) {
+      // Reported, under a name that says it was refused, and denied to the client: never billed as the claim.
+      refused = true;
+      std::string text;
+      for (auto& [k, v] : labels.pairs) {
+        if (k == "tenant") k = "refused_tenant";
+        format::append_label_pair(text, k, v);
+      }
+      labels.text = std::move(text);
+      spdlog::warn("metering: pid {} (uid {}, {}) may not claim tenant '{}': label set {} refused",
+                   segment.registration.producer.pid, segment.registration.producer.uid,
+                   segment.registration.identity.id, *tenant, handle);
+      if (segment.control) set_decision(*segment.control, handle, TALLY_DENY, TALLY_REASON_LABELS_REFUSED);
+    }
+    segment.label_sets.push_back(std::move(labels));
+    segment.refused.push_back(refused);
+  }
+}
+
+std::optional<std::string> MeteringSource::drain_one(Segment& segment) {
+  if (!segment.reader) return std::nullopt;
+  events_.clear();
+  auto drained = segment.reader->drain(events_);
+  // A truncated file reads as zeros after the SIGBUS guard stepped in: even this drain's results are suspect.
+  if (!segment.file.intact()) return std::string("segment file was truncated or resized by its writer");
+  if (!drained) return drained.error().message;
+  const std::size_t known = segment.label_sets.size();
+  adopt_new_labels(segment);
+  segment.changed = segment.reader->changed();
+  if (!segment.changed.empty() || !events_.empty() || segment.label_sets.size() != known ||
+      segment.reader->dropped() != segment.dropped) {
+    segment.dropped = segment.reader->dropped();
+    listener_.on_drained(segment, events_);
+  }
+  return std::nullopt;
+}
+
+void MeteringSource::drain() {
+  for (std::size_t i = 0; i < segments_.size();) {
+    if (auto reason = drain_one(*segments_[i])) {
+      retire(i, *reason);
+    } else {
+      ++i;
+    }
+  }
+}
+
+void MeteringSource::retire(std::size_t index, const std::string& quarantine_reason) {
+  std::unique_ptr<Segment> segment = std::move(segments_[index]);
+  segments_.erase(segments_.begin() + static_cast<std::ptrdiff_t>(index));
+  if (segment->pidfd) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, segment->pidfd.get(), nullptr);
+  if (!quarantine_reason.empty()) {
+    ++quarantined_;
+    spdlog::error("metering: segment {} of pid {} ({}) quarantined: {}", segment->registration.segment_path.string(),
+                  segment->registration.producer.pid, segment->registration.identity.id, quarantine_reason);
+  }
+  listener_.on_retired(*segment, quarantine_reason);
+}
+
+void MeteringSource::remove_files(const std::string& name) const {
+  const auto path = options_.segment_dir / name;
+  std::error_code ec;
+  std::filesystem::remove(path, ec);
+  std::filesystem::remove(control_path_of(path), ec);
+  std::filesystem::remove(meta_path_of(path), ec);
+}
+
+}  // namespace tally::shm

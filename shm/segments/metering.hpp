@@ -1,0 +1,120 @@
+#pragma once
+// The shared-memory metering source: the lifecycle of every client segment (registered, re-attached after an
+// agent restart, drained, retired when its producer exits or when it fails validation) and the tenant rules that
+// decide which label claims a client may make. It records nothing itself: a Listener (the agent's wiring into its
+// ledger) is told what each segment holds.
+//
+// Work follows what changed: a drain reads the counters of the label sets and slots in use and the lanes with
+// records; a producer's exit arrives as its pidfd becoming readable, never from polling /proc. One descriptor, fd(),
+// covers the registration socket and every producer's pidfd, for the event loop.
+//
+// Retiring keeps the files: the caller removes them (remove_files) once what they held is durable elsewhere.
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "agent/base/fs_root.hpp"
+#include "agent/base/result.hpp"
+#include "agent/base/unique_fd.hpp"
+#include "shm/segments/registration_server.hpp"
+#include "shm/segments/segment_file.hpp"
+#include "shm/segments/segment_reader.hpp"
+
+namespace tally::shm {
+
+// Who may claim which tenants in their label sets: a client matching a rule (by uid, or by a cgroup path prefix)
+// may only claim the tenants of the rules it matches ("*": any). A client matching no rule is unrestricted.
+struct TenantRule {
+  std::optional<std::uint32_t> uid;
+  std::string cgroup_prefix;
+  std::vector<std::string> tenants;
+  bool operator==(const TenantRule&) const = default;
+};
+
+// One client segment as the agent reads it.
+struct Segment {
+  std::string name;  // the file name: unique, chosen by the agent
+  Registration registration;
+  MappedFile file;
+  std::optional<MappedFile> control;
+  std::optional<SegmentReader> reader;  // absent when the segment never validated
+  std::vector<LabelSet> label_sets{LabelSet{}};  // by handle, as reported: a refused tenant renamed
+  std::vector<bool> refused{false};               // by handle
+  std::vector<std::uint32_t> changed;  // handles whose counters or gauges changed in the last drain
+  std::uint64_t dropped = 0;           // events its lanes could not take, as last told
+  UniqueFd pidfd;                      // readable once the producer has exited
+};
+
+class MeteringSource {
+ public:
+  // What a segment holds, told as it happens. `segment` stays valid until on_retired returns.
+  class Listener {
+   public:
+    virtual ~Listener() = default;
+    // A segment was attached (registered now, or found again after an agent restart).
+    virtual void on_attached(const Segment& segment) = 0;
+    // New label sets, changed counters or gauges (segment.changed), and the request events drained now.
+    virtual void on_drained(const Segment& segment, std::span<const RequestEvent> events) = 0;
+    // The segment is final: its producer exited (after one last drain), or it failed validation
+    // (`quarantine_reason` says why; what was validated before stays counted). It is never read again.
+    virtual void on_retired(const Segment& segment, const std::string& quarantine_reason) = 0;
+  };
+
+  struct Options {
+    std::filesystem::path socket_path;
+    std::filesystem::path segment_dir;
+    SegmentLimits limits;
+    std::vector<TenantRule> tenant_rules;
+    FsRoot fs;
+    std::string instance_id;  // this agent's instance: part of every new segment's name
+  };
+
+  // Listens for clients and re-attaches the segments a previous agent left, except those `already_retired` says
+  // were folded into the totals before (their files are removed).
+  static Result<std::unique_ptr<MeteringSource>> start(Options options, Listener& listener,
+                                                       const std::function<bool(const std::string&)>& already_retired);
+  ~MeteringSource();
+  MeteringSource(const MeteringSource&) = delete;
+  MeteringSource& operator=(const MeteringSource&) = delete;
+
+  // Readable when a client registers or a producer exits; then call on_readable().
+  int fd() const { return epoll_.get(); }
+  void on_readable();
+
+  // Drains every segment; a segment that fails validation is retired with the reason.
+  void drain();
+
+  // Removes a retired segment's files (its name as Segment::name).
+  void remove_files(const std::string& name) const;
+
+  std::size_t live_segments() const { return segments_.size(); }
+  std::uint64_t quarantined() const { return quarantined_; }
+
+ private:
+  MeteringSource(Options options, Listener& listener) : options_(std::move(options)), listener_(listener) {}
+  Result<void> attach(const Registration& registration);
+  void restore(const std::function<bool(const std::string&)>& already_retired);
+  std::optional<std::string> drain_one(Segment& segment);  // the reason to quarantine it, if any
+  void adopt_new_labels(Segment& segment);
+  std::optional<std::string> refused_tenant(const Segment& segment, const LabelSet& labels) const;
+  void retire(std::size_t index, const std::string& quarantine_reason);
+  void on_exits();
+
+  Options options_;
+  Listener& listener_;
+  std::unique_ptr<RegistrationServer> server_;
+  UniqueFd epoll_;
+  std::vector<std::unique_ptr<Segment>> segments_;
+  std::vector<RequestEvent> events_;
+  std::uint64_t quarantined_ = 0;
+};
+
+}  // namespace tally::shm
