@@ -5,6 +5,8 @@
 //   --forever     record self-consistent events until killed (the torn-record test)
 //   --no-wait     do not wait for an agent: write at once (the no-agent test); with --gate, wait to be attached
 //                 after the gate opens
+//   --per-second R  each thread records at most R requests per second: batches of 32, then a pause as long as 32
+//                 take at that rate (never a burst to catch up)
 // Prints "attached" once attached, "done" at the end. Exit status 3 when it never attached.
 #include <sys/stat.h>
 
@@ -23,7 +25,7 @@ namespace {
 
 struct Options {
   std::uint32_t process = 0, threads = 4, labels = 4;
-  std::uint64_t iterations = 10000, seed = 1;
+  std::uint64_t iterations = 10000, seed = 1, per_second = 0;
   std::string gate;
   bool forever = false, no_wait = false;
 };
@@ -52,6 +54,7 @@ int main(int argc, char** argv) {
     else if (a == "--gate") o.gate = next();
     else if (a == "--forever") o.forever = true;
     else if (a == "--no-wait") o.no_wait = true;
+    else if (a == "--per-second") o.per_second = std::stoull(next());
   }
   tally_client* client = tally_open("shm-test-writer");
   if (!o.no_wait) {
@@ -106,6 +109,9 @@ int main(int argc, char** argv) {
           tally_add(client, h, widgets, g.widgets);
           tally_add(client, h, TALLY_CACHED_TOKENS, g.request.tokens_in / 2);
           tally_set(client, h, TALLY_KV_CACHE_BYTES, 1000 + t);
+          if (o.per_second != 0 && (i + 1) % 32 == 0) {
+            std::this_thread::sleep_for(std::chrono::microseconds(32'000'000 / o.per_second));
+          }
         }
       });
     }
