@@ -1,5 +1,7 @@
 #include "agent/feed/usage_report.hpp"
 
+#include <cstring>
+
 #include "agent/feed/wire.hpp"
 #include "tally/v1/usage.pb.h"
 
@@ -45,11 +47,14 @@ v1::ValueKind wire_kind(ledger::Kind kind) {
   return v1::VALUE_KIND_UNSPECIFIED;
 }
 
+// A Label or a map<string, string> entry.
 void put_pair(std::string& out, std::uint32_t field_number, std::string_view key, std::string_view value) {
-  std::string entry;
-  wire::put_string(entry, field::kMapKey, key);
-  wire::put_string(entry, field::kMapValue, value);
-  wire::put_message(out, field_number, entry);
+  const auto string_size = [](std::uint32_t f, std::string_view v) {
+    return v.empty() ? 0 : wire::message_header_size(f, v.size()) + v.size();
+  };
+  wire::put_message_header(out, field_number, string_size(field::kMapKey, key) + string_size(field::kMapValue, value));
+  wire::put_string(out, field::kMapKey, key);
+  wire::put_string(out, field::kMapValue, value);
 }
 
 void put_tail(std::string& out, std::uint32_t field_number, const ExponentialHistogram& h) {
@@ -89,57 +94,105 @@ const std::string& UsageReportEncoder::counter_prefix(const ledger::Ledger& ledg
   return prefix;
 }
 
-const std::string& UsageReportEncoder::label_set_bytes(const ledger::Ledger& ledger, const LabelSet& label_set) {
-  Cached& cached = label_sets_[label_set.serial];
-  // Unchanged since it was last encoded with no delta: those bytes are still exact.
-  if (cached.stable && cached.version == label_set.version && !label_set.changed) return cached.bytes;
-  cached.bytes.clear();
-  cached.version = label_set.version;
-  cached.stable = true;
+UsageReportEncoder::LabelSetCache& UsageReportEncoder::cache_of(const LabelSet& label_set) {
+  if (label_set.slot >= label_sets_.size()) label_sets_.resize(label_set.slot + 1);
+  LabelSetCache& cache = label_sets_[label_set.slot];
+  if (cache.serial != label_set.serial) {  // a new label set in a reused slot
+    cache = LabelSetCache{};
+    cache.serial = label_set.serial;
+    for (const auto& [key, value] : label_set.labels) put_pair(cache.head, field::kLabels, key, value);
+  }
+  return cache;
+}
+
+void UsageReportEncoder::write_label_set(const ledger::Ledger& ledger, const LabelSet& label_set,
+                                         LabelSetCache& cache, std::string& out) {
   // The workload as a whole: its counters are WorkloadUsage.totals entries. A label set: one LabelSetUsage.
   const bool whole_workload = label_set.text.empty();
-  std::string& out = whole_workload ? cached.bytes : scratch_;
-  out.clear();
+  std::size_t begun = 0;
   if (!whole_workload) {
-    for (const auto& [key, value] : label_set.labels) put_pair(out, field::kLabels, key, value);
+    begun = wire::begin_message(out, field::kLabelSets);
+    out += cache.head;
     for (const ledger::Gauge& gauge : label_set.gauges) {
       if (gauge.value == 0) continue;
-      std::string entry;
-      wire::put_string(entry, field::kMapKey, ledger.key(gauge.id).name);
-      wire::put_uint(entry, field::kMapValue, gauge.value);
-      wire::put_message(out, field::kGauges, entry);
+      const std::string& name = ledger.key(gauge.id).name;
+      wire::put_message_header(out, field::kGauges,
+                               wire::message_header_size(field::kMapKey, name.size()) + name.size() + 1 +
+                                   wire::varint_size(gauge.value));
+      wire::put_string(out, field::kMapKey, name);
+      wire::put_uint(out, field::kMapValue, gauge.value);
     }
     wire::put_bool(out, field::kRefused, label_set.refused);
     if (label_set.tails && label_set.tails->tokens.count() > 0) {
+      // Tails change only with requests: re-encoded when more came (quantiles walk the buckets).
       const ledger::RequestTails& tails = *label_set.tails;
-      put_tail(out, field::kTtft, tails.ttft_ns);
-      put_tail(out, field::kDuration, tails.duration_ns);
-      put_tail(out, field::kTokens, tails.tokens);
-      put_tail(out, field::kGpuTime, tails.gpu_time_ns);
-      wire::put_double(out, field::kTop1Tokens, tails.tokens.top_share(0.01));
-      wire::put_double(out, field::kTop1GpuTime, tails.gpu_time_ns.top_share(0.01));
+      if (cache.tails_count != tails.tokens.count()) {
+        cache.tails.clear();
+        put_tail(cache.tails, field::kTtft, tails.ttft_ns);
+        put_tail(cache.tails, field::kDuration, tails.duration_ns);
+        put_tail(cache.tails, field::kTokens, tails.tokens);
+        put_tail(cache.tails, field::kGpuTime, tails.gpu_time_ns);
+        wire::put_double(cache.tails, field::kTop1Tokens, tails.tokens.top_share(0.01));
+        wire::put_double(cache.tails, field::kTop1GpuTime, tails.gpu_time_ns.top_share(0.01));
+        cache.tails_count = tails.tokens.count();
+      }
+      out += cache.tails;
     }
   }
+  // One CounterTotal per counter: tag, length, the fixed prefix, total, delta. Written in place: room for the largest
+  // each can be is made once, the rest given back after.
   const std::uint32_t totals_field = whole_workload ? field::kWorkloadTotals : field::kLabelSetTotals;
+  const std::uint64_t tag = (std::uint64_t{totals_field} << 3) | static_cast<std::uint32_t>(wire::WireType::length_delimited);
+  std::size_t room = 0;
+  for (const ledger::Counter& counter : label_set.counters) room += counter_prefix(ledger, counter.id).size() + 32;
+  const std::size_t start = out.size();
+  out.resize(start + room);
+  char* at = out.data() + start;
   for (const ledger::Counter& counter : label_set.counters) {
-    const std::string& prefix = counter_prefix(ledger, counter.id);
+    const std::string& prefix = prefixes_[counter.id];
     const std::uint64_t delta = counter.delta();
     const std::size_t size = prefix.size() + (counter.total ? 1 + wire::varint_size(counter.total) : 0) +
                              (delta ? 1 + wire::varint_size(delta) : 0);
-    wire::put_message_header(out, totals_field, size);
-    out += prefix;
-    wire::put_uint(out, field::kTotalTotal, counter.total);
-    wire::put_uint(out, field::kTotalDelta, delta);
-    cached.stable = cached.stable && delta == 0;
+    at = wire::write_varint(at, tag);
+    at = wire::write_varint(at, size);
+    std::memcpy(at, prefix.data(), prefix.size());
+    at += prefix.size();
+    if (counter.total != 0) {
+      *at++ = static_cast<char>(field::kTotalTotal << 3);
+      at = wire::write_varint(at, counter.total);
+    }
+    if (delta != 0) {
+      *at++ = static_cast<char>(field::kTotalDelta << 3);
+      at = wire::write_varint(at, delta);
+    }
   }
-  if (!whole_workload) wire::put_message(cached.bytes, field::kLabelSets, scratch_);
-  return cached.bytes;
+  out.resize(static_cast<std::size_t>(at - out.data()));
+  if (!whole_workload) wire::end_message(out, begun);
+}
+
+void UsageReportEncoder::append_label_set(const ledger::Ledger& ledger, const LabelSet& label_set) {
+  LabelSetCache& cache = cache_of(label_set);
+  if (label_set.changed) {
+    // Its deltas are this report's alone: written straight into it, nothing kept.
+    cache.stable_valid = false;
+    write_label_set(ledger, label_set, cache, report_);
+    return;
+  }
+  // Unchanged since the last report (a snapshot): every delta is 0, and the bytes stay right until it changes.
+  if (!cache.stable_valid || cache.version != label_set.version) {
+    cache.stable.clear();
+    write_label_set(ledger, label_set, cache, cache.stable);
+    cache.version = label_set.version;
+    cache.stable_valid = true;
+  }
+  report_ += cache.stable;
 }
 
 const std::string& UsageReportEncoder::workload_header(const Workload& workload) {
-  Cached& cached = workloads_[workload.serial];
-  if (cached.stable && cached.version == workload.version) return cached.bytes;
-  std::string& out = cached.bytes;
+  if (workload.slot >= workloads_.size()) workloads_.resize(workload.slot + 1);
+  WorkloadCache& cached = workloads_[workload.slot];
+  if (cached.valid && cached.serial == workload.serial && cached.version == workload.version) return cached.header;
+  std::string& out = cached.header;
   out.clear();
   const WorkloadIdentity& identity = workload.identity;
   wire::put_string(out, field::kWorkloadId, identity.id);
@@ -163,27 +216,50 @@ const std::string& UsageReportEncoder::workload_header(const Workload& workload)
     wire::put_message(out, field::kQuarantined, entry);
   }
   wire::put_uint(out, field::kLiveSegments, workload.live[static_cast<std::size_t>(ledger::Source::client)]);
+  cached.serial = workload.serial;
   cached.version = workload.version;
-  cached.stable = true;
+  cached.valid = true;
   return out;
 }
 
 void UsageReportEncoder::append_workload(const ledger::Ledger& ledger, const Workload& workload, bool snapshot) {
-  pieces_.clear();
-  pieces_.push_back(&workload_header(workload));
-  if (snapshot) {
-    workloads_[workload.serial].seen = snapshots_;
-    for (const auto& [text, label_set] : workload.label_sets) {
-      pieces_.push_back(&label_set_bytes(ledger, *label_set));
-      label_sets_[label_set->serial].seen = snapshots_;
+  if (snapshot && !workload.changed) {
+    if (workload.slot >= workloads_.size()) workloads_.resize(workload.slot + 1);
+    WorkloadCache& cache = workloads_[workload.slot];
+    if (cache.whole_valid && cache.serial == workload.serial && cache.content_version == workload.content_version) {
+      report_ += cache.whole;
+      return;
     }
-  } else {
-    for (const LabelSet* label_set : workload.changed_label_sets) pieces_.push_back(&label_set_bytes(ledger, *label_set));
+    const std::size_t from = report_.size();
+    append_whole(ledger, workload);
+    WorkloadCache& made = workloads_[workload.slot];
+    made.whole.assign(report_, from);
+    made.content_version = workload.content_version;
+    made.whole_valid = true;
+    return;
   }
-  std::size_t size = 0;
-  for (const std::string* piece : pieces_) size += piece->size();
-  wire::put_message_header(report_, field::kReportWorkloads, size);
-  for (const std::string* piece : pieces_) report_ += *piece;
+  if (workload.slot < workloads_.size()) workloads_[workload.slot].whole_valid = false;
+  if (snapshot) {
+    append_whole(ledger, workload);
+    return;
+  }
+  const std::size_t begun = wire::begin_message(report_, field::kReportWorkloads);
+  report_ += workload_header(workload);
+  // Memory-bound: each label set and its counters live apart on the heap. Fetching a few ahead hides the misses.
+  const auto& changed = workload.changed_label_sets;
+  for (std::size_t i = 0; i < changed.size(); ++i) {
+    if (i + 4 < changed.size()) __builtin_prefetch(changed[i + 4]);
+    if (i + 2 < changed.size()) __builtin_prefetch(changed[i + 2]->counters.data());
+    append_label_set(ledger, *changed[i]);
+  }
+  wire::end_message(report_, begun);
+}
+
+void UsageReportEncoder::append_whole(const ledger::Ledger& ledger, const Workload& workload) {
+  const std::size_t begun = wire::begin_message(report_, field::kReportWorkloads);
+  report_ += workload_header(workload);
+  for (const auto& [text, label_set] : workload.label_sets) append_label_set(ledger, *label_set);
+  wire::end_message(report_, begun);
 }
 
 const std::string& UsageReportEncoder::encode(const ledger::Ledger& ledger, const Report& report) {
@@ -194,15 +270,21 @@ const std::string& UsageReportEncoder::encode(const ledger::Ledger& ledger, cons
   wire::put_bool(report_, field::kReportFinal, report.final);
   wire::put_bool(report_, field::kReportSnapshot, snapshot);
   if (snapshot) {
-    ++snapshots_;
     for (const auto& [id, workload] : ledger.workloads()) append_workload(ledger, *workload, true);
-    // What no snapshot includes any more (expired) is forgotten here too.
-    std::erase_if(label_sets_, [this](const auto& entry) { return entry.second.seen != snapshots_; });
-    std::erase_if(workloads_, [this](const auto& entry) { return entry.second.seen != snapshots_; });
   } else {
     for (const Workload* workload : ledger.changed_workloads()) append_workload(ledger, *workload, false);
   }
+  // Slots above the ledger's bound belonged to nothing live any more.
+  if (label_sets_.size() > ledger.label_set_slots()) label_sets_.resize(ledger.label_set_slots());
+  if (workloads_.size() > ledger.workload_slots()) workloads_.resize(ledger.workload_slots());
   return report_;
+}
+
+std::size_t UsageReportEncoder::cached_bytes() const {
+  std::size_t bytes = 0;
+  for (const auto& c : label_sets_) bytes += c.head.size() + c.tails.size() + c.stable.size();
+  for (const auto& c : workloads_) bytes += c.header.size() + c.whole.size();
+  return bytes;
 }
 
 }  // namespace tally::agent

@@ -29,27 +29,45 @@ class UsageReportEncoder {
   // reported (Ledger::mark_reported), so the next deltas start from these totals.
   const std::string& encode(const ledger::Ledger& ledger, const Report& report);
 
-  // Label sets and workloads whose bytes are kept (pruned at every snapshot).
-  std::size_t cached() const { return label_sets_.size() + workloads_.size(); }
+  // Bytes kept between reports (bounded by the live label sets: slots are reused).
+  std::size_t cached_bytes() const;
 
  private:
-  struct Cached {
-    std::uint64_t version = 0;
-    bool stable = false;    // encoded with every delta 0: valid for as long as the version holds
-    std::uint64_t seen = 0;  // the last snapshot that included it
-    std::string bytes;
+  // What the encoder keeps per label set between reports, indexed by LabelSet::slot.
+  struct LabelSetCache {
+    std::uint64_t serial = 0;   // whose: a slot is reused after its label set expired
+    std::string head;           // its labels: fixed for its lifetime
+    std::uint64_t tails_count = UINT64_MAX;  // requests the cached tails bytes cover
+    std::string tails;
+    std::uint64_t version = 0;  // of `stable`
+    bool stable_valid = false;
+    std::string stable;         // the whole entry with every delta 0: valid while the version holds
   };
-  const std::string& label_set_bytes(const ledger::Ledger& ledger, const ledger::LabelSet& label_set);
+  struct WorkloadCache {
+    std::uint64_t serial = 0;
+    std::uint64_t version = 0;
+    bool valid = false;
+    std::string header;
+    // The whole WorkloadUsage as a snapshot carries it, valid while nothing of the workload changes: a quiet
+    // workload costs a snapshot one copy.
+    std::uint64_t content_version = 0;
+    bool whole_valid = false;
+    std::string whole;
+  };
+  LabelSetCache& cache_of(const ledger::LabelSet& label_set);
   const std::string& workload_header(const ledger::Workload& workload);
   const std::string& counter_prefix(const ledger::Ledger& ledger, ledger::CounterId counter);
+  // Appends one label set (LabelSetUsage, or the workload's own totals for the label set "") to `out`.
+  void write_label_set(const ledger::Ledger& ledger, const ledger::LabelSet& label_set, LabelSetCache& cache,
+                       std::string& out);
+  void append_label_set(const ledger::Ledger& ledger, const ledger::LabelSet& label_set);
   void append_workload(const ledger::Ledger& ledger, const ledger::Workload& workload, bool snapshot);
+  void append_whole(const ledger::Ledger& ledger, const ledger::Workload& workload);  // every label set
 
-  std::unordered_map<std::uint64_t, Cached> label_sets_, workloads_;  // by serial
+  std::vector<LabelSetCache> label_sets_;
+  std::vector<WorkloadCache> workloads_;
   std::vector<std::string> prefixes_;  // by counter id: the CounterTotal fields that never change
-  std::vector<const std::string*> pieces_;
-  std::string scratch_;
   std::string report_;
-  std::uint64_t snapshots_ = 0;
 };
 
 }  // namespace tally::agent

@@ -21,12 +21,19 @@ inline std::size_t varint_size(std::uint64_t value) {
   return size;
 }
 
-inline void put_varint(std::string& out, std::uint64_t value) {
+// Writes `value` at `at` (room for 10 bytes); returns the end.
+inline char* write_varint(char* at, std::uint64_t value) {
   while (value >= 0x80) {
-    out.push_back(static_cast<char>(value | 0x80));
+    *at++ = static_cast<char>(value | 0x80);
     value >>= 7;
   }
-  out.push_back(static_cast<char>(value));
+  *at++ = static_cast<char>(value);
+  return at;
+}
+
+inline void put_varint(std::string& out, std::uint64_t value) {
+  char bytes[10];
+  out.append(bytes, static_cast<std::size_t>(write_varint(bytes, value) - bytes));
 }
 
 inline void put_tag(std::string& out, std::uint32_t field, WireType type) {
@@ -77,6 +84,24 @@ inline void put_message_header(std::string& out, std::uint32_t field, std::size_
 
 inline std::size_t message_header_size(std::uint32_t field, std::size_t size) {
   return varint_size(std::uint64_t{field} << 3) + varint_size(size);
+}
+
+// An embedded message whose size is known only once it is written: its length is reserved as a 4-byte varint
+// (continuation bits set on the first three, as protobuf's own parsers accept and Perfetto's protozero writes) and
+// filled in by end_message(). Messages up to 2^28 - 1 bytes.
+inline std::size_t begin_message(std::string& out, std::uint32_t field) {
+  put_tag(out, field, WireType::length_delimited);
+  out.append(4, '\0');
+  return out.size();
+}
+
+inline void end_message(std::string& out, std::size_t begun) {
+  const std::size_t size = out.size() - begun;
+  char* length = out.data() + begun - 4;
+  length[0] = static_cast<char>((size & 0x7f) | 0x80);
+  length[1] = static_cast<char>(((size >> 7) & 0x7f) | 0x80);
+  length[2] = static_cast<char>(((size >> 14) & 0x7f) | 0x80);
+  length[3] = static_cast<char>((size >> 21) & 0x7f);
 }
 
 }  // namespace tally::agent::wire

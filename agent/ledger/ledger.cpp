@@ -59,6 +59,7 @@ CounterId Ledger::counter(std::string_view name, Source source, Kind kind, bool 
 
 void Ledger::mark_changed(Workload& workload) {
   ++generation_;
+  ++workload.content_version;
   if (!workload.changed) {
     workload.changed = true;
     changed_.push_back(&workload);
@@ -85,6 +86,7 @@ Workload& Ledger::workload(const WorkloadIdentity& identity) {
     it->second = std::make_unique<Workload>();
     it->second->identity = identity;
     it->second->serial = next_serial_++;
+    it->second->slot = workload_slots_.take();
     touch(*it->second);
   } else if (identity.attributes.size() > it->second->identity.attributes.size()) {
     it->second->identity = identity;
@@ -104,6 +106,7 @@ LabelSet& Ledger::label_set(Workload& workload, std::string_view text) {
     auto made = std::make_unique<LabelSet>();
     made->workload = &workload;
     made->serial = next_serial_++;
+    made->slot = label_set_slots_.take();
     made->text = std::string(text);
     made->labels = split_labels(text);
     it->second = std::move(made);
@@ -271,6 +274,8 @@ std::size_t Ledger::expire(std::uint64_t now_unix_ns, std::uint64_t retention_ns
     for (auto c = contributors_.begin(); c != contributors_.end();) {
       c = &c->second->workload() == &w ? contributors_.erase(c) : std::next(c);
     }
+    for (const auto& [text, label_set] : w.label_sets) label_set_slots_.give_back(label_set->slot);
+    workload_slots_.give_back(w.slot);
     it = workloads_.erase(it);
     ++expired;
     ++generation_;

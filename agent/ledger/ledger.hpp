@@ -82,7 +82,9 @@ struct Workload;
 // One label set of a workload, or (text "") the workload as a whole.
 struct LabelSet {
   Workload* workload = nullptr;
-  std::uint64_t serial = 0;  // unique for the ledger's lifetime: sinks key their caches by it
+  std::uint64_t serial = 0;  // unique for the ledger's lifetime
+  std::uint32_t slot = 0;    // dense among the live label sets, reused after expiry: sinks index per-entry state by
+                             // it (and tell a reused slot by the serial)
   std::string text;          // "key=value" pairs separated by '\n', as interned
   std::vector<std::pair<std::string, std::string>> labels;  // the same, split
   bool refused = false;      // a claim the configuration forbids (tenant rules): reported, not trusted
@@ -103,6 +105,7 @@ struct Quarantine {
 struct Workload {
   WorkloadIdentity identity;
   std::uint64_t serial = 0;
+  std::uint32_t slot = 0;  // as LabelSet::slot
   std::set<std::string> names;                   // what its clients called themselves: display only
   std::map<pid_t, std::uint32_t> pids;           // live processes that report for it (with a count of segments)
   std::deque<Quarantine> quarantined;            // the last kQuarantineHistory
@@ -110,6 +113,7 @@ struct Workload {
   std::uint64_t exited_unix_ns = 0;              // when the last contributor went; 0 while one lives
   std::unordered_map<std::string, std::unique_ptr<LabelSet>> label_sets;  // by text
   std::uint64_t version = 0;  // bumped when its identity, names, pids, quarantines or liveness change
+  std::uint64_t content_version = 0;  // bumped by any change of it or of its label sets
   bool changed = false;       // it, or one of its label sets, changed since the last report
   std::vector<LabelSet*> changed_label_sets;
   bool exited() const;
@@ -202,6 +206,9 @@ class Ledger {
   std::size_t expire(std::uint64_t now_unix_ns, std::uint64_t retention_ns);
   // Bumped by every write: a sink can tell whether anything changed since it last looked.
   std::uint64_t generation() const { return generation_; }
+  // Bounds of the slots in use (LabelSet::slot < label_set_slots()).
+  std::uint32_t label_set_slots() const { return label_set_slots_.bound(); }
+  std::uint32_t workload_slots() const { return workload_slots_.bound(); }
 
   // --- Restoring (the checkpoint) ---
   Workload& restore_workload(const WorkloadIdentity& identity, std::set<std::string> names,
@@ -227,6 +234,23 @@ class Ledger {
   std::unordered_map<std::string, std::unique_ptr<Contributor>> contributors_;
   std::set<std::string> retired_;
   std::vector<Workload*> changed_;
+  // Dense indexes for live objects, recycled.
+  class Slots {
+   public:
+    std::uint32_t take() {
+      if (free_.empty()) return next_++;
+      const std::uint32_t slot = free_.back();
+      free_.pop_back();
+      return slot;
+    }
+    void give_back(std::uint32_t slot) { free_.push_back(slot); }
+    std::uint32_t bound() const { return next_; }
+
+   private:
+    std::uint32_t next_ = 0;
+    std::vector<std::uint32_t> free_;
+  };
+  Slots label_set_slots_, workload_slots_;
   std::uint64_t next_serial_ = 1;
   std::uint64_t generation_ = 0;
 };

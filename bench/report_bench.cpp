@@ -1,0 +1,160 @@
+// What a usage report costs the agent, on a node with 1,000 workloads x 16 label sets x 8 counters (target: under
+// 5 ms per report), against a baseline measured in the same run: protobuf's own SerializeToString of the same report
+// held in message objects (the cost of the encoding alone, without building them).
+//
+// Report/changed:N  N label sets of every workload changed since the last report (their counters grew): encode what
+//                   changed, then mark the ledger reported. changed:16 is the worst case, every number moved.
+// Report/snapshot   nothing changed, everything is sent (what a snapshot costs on a quiet node: cached bytes).
+// Report/idle       nothing changed, a plain report: what an idle node pays per report.
+// ProtobufSerialize the baseline.
+//
+// The summary after the table prints each median with its ratio to the baseline (lower is better).
+
+#include <benchmark/benchmark.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "agent/feed/usage_report.hpp"
+#include "agent/ledger/ledger.hpp"
+#include "tally/v1/feed.pb.h"
+
+namespace {
+
+using namespace tally;
+using agent::UsageReportEncoder;
+using ledger::Source;
+
+constexpr int kWorkloads = 1000;
+constexpr int kLabelSets = 16;
+constexpr int kCounters = 8;
+
+struct Node {
+  ledger::Ledger ledger;
+  std::vector<ledger::Contributor*> contributors;          // one per workload (its client segment)
+  std::vector<std::vector<std::vector<ledger::CellRef>>> cells;  // [workload][label set][counter]
+  std::vector<std::vector<ledger::LabelSet*>> label_sets;
+  std::uint64_t tick = 0;
+
+  Node() {
+    std::vector<ledger::CounterId> counters;
+    for (int k = 0; k < kCounters; ++k) counters.push_back(ledger.counter(fmt::format("counter_{}", k), Source::client));
+    for (int w = 0; w < kWorkloads; ++w) {
+      ledger::Workload& workload =
+          ledger.workload(identify_cgroup(fmt::format("/kubepods.slice/kubepods-pod{:08x}-0000-0000-0000-000000000000.slice", w)));
+      ledger.add_name(workload, "inference-server");
+      contributors.push_back(&ledger.contributor(fmt::format("shm:{}", w), workload, Source::client));
+      cells.emplace_back();
+      label_sets.emplace_back();
+      for (int l = 0; l < kLabelSets; ++l) {
+        ledger::LabelSet& ls = ledger.label_set(
+            workload, fmt::format("tenant=tenant-{}\nteam=team-{}\nmodel=model-{}\nuse_case=chat", w % 50, l, l % 4));
+        label_sets.back().push_back(&ls);
+        cells.back().emplace_back();
+        for (ledger::CounterId c : counters) cells.back().back().push_back(ledger.cell(*contributors.back(), ls, c));
+      }
+    }
+    grow(kLabelSets);
+    ledger.mark_reported();
+  }
+
+  // The first `n` label sets of every workload grow.
+  void grow(int n) {
+    ++tick;
+    for (int w = 0; w < kWorkloads; ++w) {
+      for (int l = 0; l < n; ++l) {
+        for (int k = 0; k < kCounters; ++k) {
+          ledger.update(*contributors[w], cells[w][l][k], tick * 1000 + static_cast<std::uint64_t>(k));
+        }
+      }
+    }
+  }
+};
+
+Node& node() {
+  static Node n;
+  return n;
+}
+
+void BM_Report(benchmark::State& state, int changed, bool snapshot) {
+  Node& n = node();
+  UsageReportEncoder encoder;
+  encoder.encode(n.ledger, {0, 1, true, false});  // warm: every label set's bytes cached once
+  std::size_t bytes = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    if (changed > 0) n.grow(changed);  // the sources' part, not the report's
+    state.ResumeTiming();
+    bytes = encoder.encode(n.ledger, {0, 1, snapshot, false}).size();
+    n.ledger.mark_reported();
+  }
+  state.counters["report_bytes"] = static_cast<double>(bytes);
+}
+BENCHMARK_CAPTURE(BM_Report, changed_16, 16, false)->Unit(benchmark::kMillisecond);
+
+// The encoding alone of a report where everything changed (no source work, no mark_reported).
+void BM_EncodeChanged(benchmark::State& state) {
+  Node& n = node();
+  UsageReportEncoder encoder;
+  n.grow(16);
+  for (auto _ : state) benchmark::DoNotOptimize(encoder.encode(n.ledger, {0, 1, false, false}).data());
+  n.ledger.mark_reported();
+}
+BENCHMARK(BM_EncodeChanged)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Report, changed_4, 4, false)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Report, snapshot, 0, true)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Report, idle, 0, false)->Unit(benchmark::kMillisecond);
+
+void BM_ProtobufSerialize(benchmark::State& state) {
+  Node& n = node();
+  UsageReportEncoder encoder;
+  v1::UsageReport report;
+  report.ParseFromString(encoder.encode(n.ledger, {0, 1, true, false}));  // the same report, as message objects
+  std::string out;
+  for (auto _ : state) {
+    report.SerializeToString(&out);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["report_bytes"] = static_cast<double>(out.size());
+}
+BENCHMARK(BM_ProtobufSerialize)->Unit(benchmark::kMillisecond);
+
+// Prints each benchmark's median (or mean, without repetitions) and its ratio to the baseline.
+class Summary : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const Run& run : runs) {
+      const bool aggregate = run.run_type == Run::RT_Aggregate;
+      if (aggregate && run.aggregate_name != "median") continue;
+      if (!aggregate && run.repetitions > 1) continue;
+      times_[run.run_name.function_name + (run.run_name.args.empty() ? "" : "/" + run.run_name.args)] =
+          run.GetAdjustedRealTime();
+    }
+  }
+  void Finalize() override {
+    ConsoleReporter::Finalize();
+    const auto base = times_.find("BM_ProtobufSerialize");
+    std::printf("\nreport path, %d workloads x %d label sets x %d counters (target: under 5 ms per report)\n",
+                kWorkloads, kLabelSets, kCounters);
+    for (const auto& [name, ms] : times_) {
+      std::printf("  %-28s %8.3f ms", name.c_str(), ms);
+      if (base != times_.end() && name != base->first) std::printf("   %.2fx protobuf's own serialization", ms / base->second);
+      std::printf("\n");
+    }
+  }
+
+ private:
+  std::map<std::string, double> times_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  Summary summary;
+  benchmark::RunSpecifiedBenchmarks(&summary);
+  benchmark::Shutdown();
+  return 0;
+}
