@@ -220,7 +220,10 @@ class Daemon {
   }
 
   void publish_usage(bool final) {
-    if (final && metering_) metering_->drain();
+    if (metering_) {
+      if (final) metering_->drain();
+      metering_->sync();
+    }
     if (kernel_) kernel_usage_->record(kernel_->collect());
     const std::uint64_t now = unix_time_ns();
     ledger_.expire(now, std::uint64_t{config_.metering.retention_s} * 1'000'000'000ULL);

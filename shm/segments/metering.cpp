@@ -152,8 +152,8 @@ void MeteringSource::on_exits() {
         continue;
       }
     }
-    // The producer exited: one last drain, then the segment is final.
-    if (auto reason = drain_one(s)) {
+    // The producer exited: one last read of everything, then the segment is final.
+    if (auto reason = read_one(s, Read::everything)) {
       retire(i, *reason);
     } else {
       spdlog::info("metering: pid {} ({}) exited; segment drained one last time", s.registration.producer.pid,
@@ -206,16 +206,20 @@ void MeteringSource::adopt_new_labels(Segment& segment) {
   }
 }
 
-std::optional<std::string> MeteringSource::drain_one(Segment& segment) {
+std::optional<std::string> MeteringSource::read_one(Segment& segment, Read read) {
   if (!segment.reader) return std::nullopt;
   events_.clear();
-  auto drained = segment.reader->drain(events_);
-  // A truncated file reads as zeros after the SIGBUS guard stepped in: even this drain's results are suspect.
-  if (!segment.file.intact()) return std::string("segment file was truncated or resized by its writer");
-  if (!drained) return drained.error().message;
+  segment.changed.clear();
   const std::size_t known = segment.label_sets.size();
+  Result<void> done = read != Read::totals ? segment.reader->drain_events(events_) : Result<void>();
+  if (done && read != Read::events) {
+    done = segment.reader->read_totals();
+    if (done) segment.changed = segment.reader->changed();
+  }
+  // A truncated file reads as zeros after the SIGBUS guard stepped in: even this read's results are suspect.
+  if (!segment.file.intact()) return std::string("segment file was truncated or resized by its writer");
+  if (!done) return done.error().message;
   adopt_new_labels(segment);
-  segment.changed = segment.reader->changed();
   if (!segment.changed.empty() || !events_.empty() || segment.label_sets.size() != known ||
       segment.reader->dropped() != segment.dropped) {
     segment.dropped = segment.reader->dropped();
@@ -224,15 +228,18 @@ std::optional<std::string> MeteringSource::drain_one(Segment& segment) {
   return std::nullopt;
 }
 
-void MeteringSource::drain() {
+void MeteringSource::read_all(Read read) {
   for (std::size_t i = 0; i < segments_.size();) {
-    if (auto reason = drain_one(*segments_[i])) {
+    if (auto reason = read_one(*segments_[i], read)) {
       retire(i, *reason);
     } else {
       ++i;
     }
   }
 }
+
+void MeteringSource::drain() { read_all(Read::events); }
+void MeteringSource::sync() { read_all(Read::totals); }
 
 void MeteringSource::retire(std::size_t index, const std::string& quarantine_reason) {
   std::unique_ptr<Segment> segment = std::move(segments_[index]);

@@ -48,7 +48,7 @@ struct Segment {
   std::optional<SegmentReader> reader;  // absent when the segment never validated
   std::vector<LabelSet> label_sets{LabelSet{}};  // by handle, as reported: a refused tenant renamed
   std::vector<bool> refused{false};               // by handle
-  std::vector<std::uint32_t> changed;  // handles whose counters or gauges changed in the last drain
+  std::vector<std::uint32_t> changed;  // handles whose counters or gauges changed in the last read
   std::uint64_t dropped = 0;           // events its lanes could not take, as last told
   UniqueFd pidfd;                      // readable once the producer has exited
 };
@@ -61,7 +61,7 @@ class MeteringSource {
     virtual ~Listener() = default;
     // A segment was attached (registered now, or found again after an agent restart).
     virtual void on_attached(const Segment& segment) = 0;
-    // New label sets, changed counters or gauges (segment.changed), and the request events drained now.
+    // New label sets, changed counters or gauges (segment.changed), and the request events read now.
     virtual void on_drained(const Segment& segment, std::span<const RequestEvent> events) = 0;
     // The segment is final: its producer exited (after one last drain), or it failed validation
     // (`quarantine_reason` says why; what was validated before stays counted). It is never read again.
@@ -89,8 +89,11 @@ class MeteringSource {
   int fd() const { return epoll_.get(); }
   void on_readable();
 
-  // Drains every segment; a segment that fails validation is retired with the reason.
+  // Drains every segment's lanes (the request events): often, so that no lane fills. Work: a load per slot in use.
   void drain();
+  // Reads every segment's labels, counters and gauges (once per report: counters are exact whenever read). Work:
+  // the label sets and slots in use. Either retires a segment that fails validation, with the reason.
+  void sync();
 
   // Removes a retired segment's files (its name as Segment::name).
   void remove_files(const std::string& name) const;
@@ -102,7 +105,9 @@ class MeteringSource {
   MeteringSource(Options options, Listener& listener) : options_(std::move(options)), listener_(listener) {}
   Result<void> attach(const Registration& registration);
   void restore(const std::function<bool(const std::string&)>& already_retired);
-  std::optional<std::string> drain_one(Segment& segment);  // the reason to quarantine it, if any
+  enum class Read { events, totals, everything };
+  std::optional<std::string> read_one(Segment& segment, Read read);  // the reason to quarantine it, if any
+  void read_all(Read read);
   void adopt_new_labels(Segment& segment);
   std::optional<std::string> refused_tenant(const Segment& segment, const LabelSet& labels) const;
   void retire(std::size_t index, const std::string& quarantine_reason);

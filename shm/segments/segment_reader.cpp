@@ -3,6 +3,7 @@
 #include "agent/base/text.hpp"
 #include "shm/format/names.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 
@@ -113,7 +114,10 @@ Result<SegmentReader> SegmentReader::attach(std::span<std::byte> bytes) {
   reader.slot_count_ = slots;
   reader.lane_mask_ = records - 1;
   reader.tails_.resize(slots);
-  for (std::uint32_t s = 0; s < slots; ++s) {
+  // Only the slots ever taken can have a tail to resume from; the others start at 0 as made. Reading those alone
+  // keeps an attached but idle segment from costing the agent a page per slot.
+  const std::uint32_t used = std::min(load_acquire(h->slots_used), slots);
+  for (std::uint32_t s = 0; s < used; ++s) {
     auto* slot = reader.at<format::SlotHeader>(layout.slots_offset + std::uint64_t{s} * layout.slot_stride);
     const std::uint64_t head = load_acquire(slot->head);
     const std::uint64_t tail = load_relaxed(slot->tail);
@@ -270,9 +274,15 @@ Result<void> SegmentReader::drain_lanes(std::vector<RequestEvent>& events) {
 }
 
 Result<void> SegmentReader::drain(std::vector<RequestEvent>& events) {
-  TALLY_TRY(read_labels());
-  TALLY_TRY(read_counters());
-  return drain_lanes(events);
+  TALLY_TRY(read_totals());
+  return drain_events(events);
 }
+
+Result<void> SegmentReader::read_totals() {
+  TALLY_TRY(read_labels());
+  return read_counters();
+}
+
+Result<void> SegmentReader::drain_events(std::vector<RequestEvent>& events) { return drain_lanes(events); }
 
 }  // namespace tally::shm

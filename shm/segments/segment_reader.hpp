@@ -49,7 +49,12 @@ class SegmentReader {
   // Reads everything new: label sets, counters (checked never to go backwards), gauges, dropped counts, and the
   // events committed in every lane (appended to `events`; tails advanced). Any inconsistency is an Error.
   Result<void> drain(std::vector<RequestEvent>& events);
-  // The label sets whose counters or gauges changed in the last drain (handles, ascending).
+  // The two halves of drain(), for callers that need them at different rates: the lanes must be drained often so
+  // they never fill (a load per slot in use when they are empty); the counters are exact whenever they are read
+  // (a sum over label sets and slots), so once per report is enough.
+  Result<void> drain_events(std::vector<RequestEvent>& events);  // lanes, dropped counts (and labels events need)
+  Result<void> read_totals();                                     // labels, counters, gauges
+  // The label sets whose counters or gauges changed in the last read of the totals (handles, ascending).
   const std::vector<std::uint32_t>& changed() const { return changed_; }
 
   const format::Header& header() const { return *header_; }
