@@ -4,6 +4,7 @@
 #include <linux/magic.h>
 #include <linux/sched.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/syscall.h>
@@ -144,7 +145,15 @@ std::optional<ExitStatus> CgroupProcess::wait(std::chrono::milliseconds deadline
 }
 
 PrivateBpffs::PrivateBpffs() {
-  if (::mount("bpf", dir_.path().c_str(), "bpf", 0, nullptr) != 0) {
+  static const std::string private_namespace = [] {
+    if (::unshare(CLONE_NEWNS) != 0) return std::string("unshare(CLONE_NEWNS): ") + std::strerror(errno);
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+      return std::string("make the mounts of a new namespace private: ") + std::strerror(errno);
+    }
+    return std::string();
+  }();
+  error_ = private_namespace;
+  if (error_.empty() && ::mount("bpf", dir_.path().c_str(), "bpf", 0, nullptr) != 0) {
     error_ = "mount -t bpf bpf " + dir_.path().string() + ": " + std::strerror(errno);
   }
 }

@@ -63,7 +63,9 @@ class CgroupProcess {
 };
 
 // A BPF filesystem mounted on a fresh temporary directory, for tests that pin probes (bpffs need not be mounted
-// at /sys/fs/bpf here). Unmounted (MNT_DETACH) on destruction, which releases every pin made in it.
+// at /sys/fs/bpf here). Unmounted (MNT_DETACH) on destruction, which releases every pin made in it. It is mounted
+// in a mount namespace of this process's own (made on first use, every mount private), so that even a test that
+// dies before its destructor leaves no pin, hence no attached program, behind: the namespace goes with the process.
 class PrivateBpffs {
  public:
   PrivateBpffs();
