@@ -176,7 +176,7 @@ double agent_cpu_share(int rate, std::chrono::seconds window) {
   pid_t agent = -1;
   if (posix_spawn(&agent, TALLYD_PATH, nullptr, nullptr, argv.data(), environ) != 0) return -1;
   const auto deadline = std::chrono::steady_clock::now() + 20s;
-  const std::size_t programs = tally::collectors::kernel_has_socket_length_tracepoints() ? 9 : 8;
+  const std::size_t programs = tally::collectors::kernel_has_socket_length_tracepoints() ? 12 : 11;
   while (links_of(agent) < programs && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(10ms);  // a benchmark, not a test: waits for tallyd to attach, bounded
   }

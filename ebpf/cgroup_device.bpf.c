@@ -7,12 +7,15 @@
  *                                                 returns 1 to allow; tally only observes and always allows
  *
  * Counts and reports read/write accesses to character devices whose major is an accelerator's (NVIDIA 195,
- * nvidia-uvm, nvidia-caps, DRI 226, kfd, accel: the loader fills the list from /proc/devices). The same hook is
- * what a partitioning policy would use to deny. */
+ * nvidia-uvm, nvidia-caps, DRI 226, kfd, accel: the loader fills the list from /proc/devices), under the key of
+ * the task asking (bpf_get_current_task_btf is a base helper for CAP_PERFMON since 5.15). The same hook is what a
+ * partitioning policy would use to deny. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
 #include "tally_abi.h"
+#include "tally_keys.bpf.h"
+#include "tally_kernel_types.h"
 #include "tally_maps.bpf.h"
 
 /* Accelerator majors, set by the loader; 0 ends the list. */
@@ -34,13 +37,15 @@ int tally_cgroup_device(struct bpf_cgroup_dev_ctx* ctx) {
   if (!(access & (BPF_DEVCG_ACC_READ | BPF_DEVCG_ACC_WRITE))) return 1; /* mknod is not use */
   if (!is_accelerator(ctx->major)) return 1;
 
-  const __u64 cgroup_id = bpf_get_current_cgroup_id();
-  struct tally_counters* counters = tally_counters_of(cgroup_id);
+  struct task_struct___tally* task = (void*)bpf_get_current_task_btf();
+  const __u64 cgroup_id = tally_cgroup_of(task);
+  const __u64 key = tally_key_in(task, cgroup_id);
+  struct tally_counters* counters = tally_counters_of(key);
   if (counters) __sync_fetch_and_add(&counters->gpu_device_opens, 1);
 
-  struct tally_event* event = tally_event_reserve(TALLY_EVENT_DEVICE_OPEN, cgroup_id);
+  struct tally_event* event = tally_event_reserve(TALLY_EVENT_DEVICE_OPEN, key, cgroup_id);
   if (!event) return 1;
-  event->pid = (__u32)(bpf_get_current_pid_tgid() >> 32);
+  event->pid = task->tgid;
   event->major = ctx->major;
   event->minor = ctx->minor;
   event->access = access;

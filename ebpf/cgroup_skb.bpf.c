@@ -6,7 +6,9 @@
  *   int prog(struct __sk_buff *skb)   -- returns 1 to let the packet pass; tally never drops
  *
  * Counts skb->len (the IP packet, headers included) against the cgroup of the socket the packet belongs to
- * (bpf_skb_cgroup_id: the cgroup the socket was created in), which is right even in softirq context. */
+ * (bpf_skb_cgroup_id: the cgroup the socket was created in), which is right even in softirq context. The socket
+ * is all these programs know, not the process: sockets of the root cgroup's processes are counted under the root
+ * cgroup's id, not under process keys as the programs that see the task do. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 

@@ -5,9 +5,9 @@
  *
  * FALLBACK ONLY, loaded on kernels without the sock:sock_send_length/sock_recv_length tracepoints (< 6.3, e.g.
  * Debian 12's 6.1); otherwise sock_msg_length.bpf.c counts socket bytes and this program is not loaded.
- * Counts socket bytes per cgroup v2 id for the send/recv family: the return value of recv, recvfrom, recvmsg /
- * send, sendto, sendmsg, and the sum of msg_len for recvmmsg/sendmmsg (first 64 messages). read/write on sockets
- * are not seen here (they are in rchar/wchar).
+ * Counts socket bytes under the calling task's key for the send/recv family: the return value of recv, recvfrom,
+ * recvmsg / send, sendto, sendmsg, and the sum of msg_len for recvmmsg/sendmmsg (first 64 messages). read/write on
+ * sockets are not seen here (they are in rchar/wchar).
  *
  * Its cost: any program on sys_enter/sys_exit sets TIF_SYSCALL_TRACEPOINT on every task, so every syscall of the
  * node takes the tracing slow path and an indirect call into BPF, counted or not (docs/ebpf.md has the figures).
@@ -17,6 +17,7 @@
 #include <bpf/bpf_tracing.h>
 
 #include "tally_abi.h"
+#include "tally_keys.bpf.h"
 #include "tally_kernel_types.h"
 #include "tally_maps.bpf.h"
 
@@ -49,7 +50,7 @@ int BPF_PROG(tally_sys_exit, struct pt_regs___tally* regs, long ret) {
   const __u8 kind = tally_syscall_kind[nr];
   if (kind == TALLY_SYSCALL_NONE) return 0;
 
-  struct tally_counters* counters = tally_counters_of(bpf_get_current_cgroup_id());
+  struct tally_counters* counters = tally_counters_of(tally_key_of((void*)bpf_get_current_task_btf()));
   if (!counters) return 0;
   /* Per-CPU value and a program that cannot nest on its own CPU: plain adds are exact. */
   switch (kind) {

@@ -39,8 +39,15 @@ struct kernfs_node___tally {
   __u64 id; /* the cgroup id: the inode number of the cgroup directory */
 } __attribute__((preserve_access_index));
 
+/* include/linux/cgroup-defs.h: one hierarchy. The v2 (default) hierarchy, cgrp_dfl_root, is the first one the
+ * kernel sets up, so its hierarchy_id is 0; v1 hierarchies (hybrid hosts) get 1 and up. */
+struct cgroup_root___tally {
+  int hierarchy_id;
+} __attribute__((preserve_access_index));
+
 struct cgroup___tally {
   struct kernfs_node___tally* kn;
+  struct cgroup_root___tally* root;
 } __attribute__((preserve_access_index));
 
 struct css_set___tally {
@@ -65,6 +72,10 @@ struct task_struct___tally {
   int exit_code;
   char comm[16];
   struct task_struct___tally* real_parent;
+  struct task_struct___tally* group_leader;
+  /* Boot-based start time in ns (5.5+); /proc/PID/stat field 22 is the leader's, in USER_HZ ticks. exec by a
+   * non-leader thread copies the leader's into it (de_thread), so a process keeps it for life. */
+  __u64 start_boottime;
   struct css_set___tally* cgroups;
   struct task_io_accounting___tally ioac; /* per thread: /proc/PID/io sums the threads */
 } __attribute__((preserve_access_index));

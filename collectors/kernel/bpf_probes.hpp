@@ -128,7 +128,7 @@ struct ProbeOptions {
 
 // The probes' own health, for the Heartbeat.
 struct ProbeStats {
-  std::uint64_t entries = 0;      // keys in the counters map
+  std::uint64_t entries = 0;      // keys in the counters map, as of the last read_counters()
   std::uint64_t capacity = 0;     // counters_capacity
   std::uint64_t map_full = 0;     // times an entry could not be created: that usage went to kOverflowKey instead
   std::uint64_t ring_full = 0;    // events lost because the ring buffer was full (also per key: events_dropped)
@@ -173,7 +173,7 @@ class KernelProbes {
   // the node's threads: call it once per report), and never returns less io than before for a key.
   Result<std::map<std::uint64_t, KernelCounters>> read_counters();
   // Deletes a key's entry (a removed cgroup, an exited root-cgroup process) once its final counters are safe
-  // elsewhere, so the map does not fill up.
+  // elsewhere, so the map does not fill up. kOverflowKey keeps its entry: programs charge it when the map is full.
   void forget(std::uint64_t key);
   ProbeStats stats() const;
 
@@ -182,7 +182,7 @@ class KernelProbes {
   // Hands every pending event to `handler` without blocking; returns how many were handled.
   Result<int> consume_events(const std::function<void(const KernelEvent&)>& handler);
 
-  // Names of the attached programs (tally_*), for logs and the feed.
+  // Names of the attached programs (tally_*), for logs and the feed; for adopted probes, their pinned links.
   const std::vector<std::string>& attached() const { return attached_; }
 
   struct Impl;

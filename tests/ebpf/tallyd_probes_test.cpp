@@ -34,9 +34,10 @@ std::string skip_reason() {
   return "";
 }
 
-// The programs tallyd attaches: the task iterator, fork, exec, exit, skb ingress and egress, device, and socket
-// bytes through sock_send_length and sock_recv_length (Linux 6.3+) or the one sys_exit fallback.
-std::size_t expected_programs() { return collectors::kernel_has_socket_length_tracepoints() ? 9 : 8; }
+// The programs tallyd attaches: the task iterator, fork, exec, exit, cgroup attach_task, mkdir and rmdir, skb
+// ingress and egress, device, and socket bytes through sock_send_length and sock_recv_length (Linux 6.3+) or the
+// one sys_exit fallback.
+std::size_t expected_programs() { return collectors::kernel_has_socket_length_tracepoints() ? 12 : 11; }
 
 class TallydProbesTest : public ::testing::TestWithParam<int> {
  protected:

@@ -4,7 +4,9 @@
 #include <linux/magic.h>
 #include <linux/sched.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/syscall.h>
 #include <sys/vfs.h>
 #include <sys/wait.h>
@@ -109,6 +111,23 @@ std::optional<std::string> CgroupProcess::read_line(std::chrono::milliseconds de
   }
 }
 
+void CgroupProcess::write_stdin(const std::string& text) {
+  if (stdin_fd_ < 0 || ::write(stdin_fd_, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+    throw std::runtime_error("write to the workload's stdin failed");
+  }
+}
+
+bool CgroupProcess::wait_reading_stdin(std::chrono::milliseconds deadline) {
+  // /proc/PID/syscall: the number of the syscall the task is blocked in, then its arguments (fd first, in hex).
+  const std::string reading = std::to_string(SYS_read) + " 0x0 ";
+  const std::string path = "/proc/" + std::to_string(pid_) + "/syscall";
+  return wait_until([&] {
+    std::ifstream in(path);
+    std::string line;
+    return std::getline(in, line) && line.starts_with(reading);
+  }, deadline, std::chrono::milliseconds(1));
+}
+
 void CgroupProcess::close_stdin() {
   if (stdin_fd_ >= 0) ::close(stdin_fd_);
   stdin_fd_ = -1;
@@ -123,6 +142,24 @@ std::optional<ExitStatus> CgroupProcess::wait(std::chrono::milliseconds deadline
     return true;
   }, deadline, std::chrono::milliseconds(2));
   return status_;
+}
+
+PrivateBpffs::PrivateBpffs() {
+  static const std::string private_namespace = [] {
+    if (::unshare(CLONE_NEWNS) != 0) return std::string("unshare(CLONE_NEWNS): ") + std::strerror(errno);
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+      return std::string("make the mounts of a new namespace private: ") + std::strerror(errno);
+    }
+    return std::string();
+  }();
+  error_ = private_namespace;
+  if (error_.empty() && ::mount("bpf", dir_.path().c_str(), "bpf", 0, nullptr) != 0) {
+    error_ = "mount -t bpf bpf " + dir_.path().string() + ": " + std::strerror(errno);
+  }
+}
+
+PrivateBpffs::~PrivateBpffs() {
+  if (error_.empty()) ::umount2(dir_.path().c_str(), MNT_DETACH);
 }
 
 BpfObjects bpf_objects_of(pid_t pid) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "tests/support/process.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace tally::test {
 
@@ -46,7 +47,11 @@ class CgroupProcess {
   pid_t pid() const { return pid_; }
   // The next complete stdout line, or nullopt when the deadline passes or the process closed stdout first.
   std::optional<std::string> read_line(std::chrono::milliseconds deadline);
+  void write_stdin(const std::string& text);
   void close_stdin();
+  // Waits until the process sits in read() on its stdin: the workload's pause between steps, where its
+  // /proc/PID/io stands still (the counts of its last write() are added after the reader could see the bytes).
+  bool wait_reading_stdin(std::chrono::milliseconds deadline);
   std::optional<ExitStatus> wait(std::chrono::milliseconds deadline);
 
  private:
@@ -55,6 +60,25 @@ class CgroupProcess {
   int stdout_fd_ = -1;
   std::string buffered_;
   std::optional<ExitStatus> status_;
+};
+
+// A BPF filesystem mounted on a fresh temporary directory, for tests that pin probes (bpffs need not be mounted
+// at /sys/fs/bpf here). Unmounted (MNT_DETACH) on destruction, which releases every pin made in it. It is mounted
+// in a mount namespace of this process's own (made on first use, every mount private), so that even a test that
+// dies before its destructor leaves no pin, hence no attached program, behind: the namespace goes with the process.
+class PrivateBpffs {
+ public:
+  PrivateBpffs();
+  ~PrivateBpffs();
+  PrivateBpffs(const PrivateBpffs&) = delete;
+  PrivateBpffs& operator=(const PrivateBpffs&) = delete;
+  // Why it could not be mounted; empty when it is.
+  const std::string& error() const { return error_; }
+  const std::filesystem::path& path() const { return dir_.path(); }
+
+ private:
+  TempDir dir_;
+  std::string error_;
 };
 
 struct BpfObjects {

@@ -4,6 +4,13 @@
 // the test can read /proc/PID/io and the BPF counters while the process is still alive and idle.
 //
 //   io PATH BYTES           write BYTES to PATH in 4 KiB writes, read them back; prints "io done"
+//   move-io PATH A CGROUP_PROCS B
+//                           write A bytes to PATH, print "wrote A", wait for a line on stdin, move itself to another
+//                           cgroup (its pid written to CGROUP_PROCS), write B more bytes; prints "io done"
+//   move-thread-io PATH A CGROUP_PROCS B
+//                           the same, but a second thread writes the bytes and only the main thread moves the
+//                           process: "wrote A", (line) move, "moved", (line) the thread writes B, "io done"; the
+//                           thread lives until stdin closes
 //   io-threads PATH BYTES N the same split over N threads (pwrite/pread), which have exited when it prints "io done"
 //   tcp-listen [read]       bind 127.0.0.1:0, print "port N", accept one peer, recv (or read) to EOF;
 //                           prints "received N"
@@ -20,6 +27,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
+#include <mutex>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -40,15 +49,21 @@ int fail(const char* what) {
   return 1;
 }
 
-int run_io(const char* path, std::size_t bytes) {
-  const int fd = ::open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return fail("open");
+bool write_bytes(int fd, std::size_t bytes) {
   std::vector<char> block(4096, 'x');
   for (std::size_t done = 0; done < bytes;) {
     const ssize_t n = ::write(fd, block.data(), std::min(block.size(), bytes - done));
-    if (n <= 0) return fail("write");
+    if (n <= 0) return false;
     done += static_cast<std::size_t>(n);
   }
+  return true;
+}
+
+int run_io(const char* path, std::size_t bytes) {
+  const int fd = ::open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return fail("open");
+  if (!write_bytes(fd, bytes)) return fail("write");
+  std::vector<char> block(4096);
   if (::lseek(fd, 0, SEEK_SET) != 0) return fail("lseek");
   for (std::size_t done = 0; done < bytes;) {
     const ssize_t n = ::read(fd, block.data(), block.size());
@@ -58,6 +73,81 @@ int run_io(const char* path, std::size_t bytes) {
   ::close(fd);
   std::printf("io done\n");
   return 0;
+}
+
+bool read_stdin_line() {
+  for (char byte = 0; byte != '\n';) {
+    if (::read(STDIN_FILENO, &byte, 1) != 1) return false;
+  }
+  return true;
+}
+
+// Moves the whole process (every thread) to the cgroup whose cgroup.procs is `cgroup_procs`.
+bool move_process(const char* cgroup_procs) {
+  const int procs = ::open(cgroup_procs, O_WRONLY | O_CLOEXEC);
+  if (procs < 0) return false;
+  const std::string pid = std::to_string(::getpid());
+  const bool moved = ::write(procs, pid.data(), pid.size()) == static_cast<ssize_t>(pid.size());
+  ::close(procs);
+  return moved;
+}
+
+// A single-threaded process that moves itself between two writes: the bytes before the move belong to the cgroup
+// it started in, the bytes after to the one it moved to.
+int run_move_io(const char* path, std::size_t before, const char* cgroup_procs, std::size_t after) {
+  const int fd = ::open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return fail("open");
+  if (!write_bytes(fd, before)) return fail("write");
+  std::printf("wrote %zu\n", before);
+  if (!read_stdin_line()) return fail("read stdin");
+  if (!move_process(cgroup_procs)) return fail("move");
+  if (!write_bytes(fd, after)) return fail("write");
+  ::close(fd);
+  std::printf("io done\n");
+  return 0;
+}
+
+// The same with the bytes written by a second thread, which the kernel moves along with the main thread and
+// reports nothing about (the cgroup_attach_task tracepoint names the main thread only).
+int run_move_thread_io(const char* path, std::size_t before, const char* cgroup_procs, std::size_t after) {
+  const int fd = ::open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return fail("open");
+  std::mutex mutex;
+  std::condition_variable changed;
+  int step = 0;  // 1: wrote before, 2: write after, 3: wrote after, 4: exit
+  bool ok = true;
+  auto go = [&](int next) {
+    std::lock_guard lock(mutex);
+    step = next;
+    changed.notify_all();
+  };
+  auto wait_for = [&](int wanted) {  // returns the step reached: `wanted`, or 4 when the main thread gave up
+    std::unique_lock lock(mutex);
+    changed.wait(lock, [&] { return step >= wanted; });
+    return step;
+  };
+  std::thread writer([&] {
+    ok = write_bytes(fd, before);
+    go(1);
+    if (wait_for(2) != 2) return;
+    ok = ok && write_bytes(fd, after);
+    go(3);
+    wait_for(4);
+  });
+  wait_for(1);
+  std::printf("wrote %zu\n", before);
+  const bool moved = read_stdin_line() && move_process(cgroup_procs);
+  if (moved) std::printf("moved\n");
+  if (moved && read_stdin_line()) {
+    go(2);
+    wait_for(3);
+    if (ok) std::printf("io done\n");
+    wait_for_stdin_close();
+  }
+  go(4);
+  writer.join();
+  ::close(fd);
+  return moved && ok ? 0 : fail("move or write");
 }
 
 // Each thread writes its share at its own offset and reads it back, then exits: the bytes are the threads', not
@@ -154,6 +244,11 @@ int main(int argc, char** argv) {
   int status = 2;
   if (mode == "io" && argc == 4) {
     status = run_io(argv[2], std::strtoull(argv[3], nullptr, 10));
+  } else if (mode == "move-io" && argc == 6) {
+    status = run_move_io(argv[2], std::strtoull(argv[3], nullptr, 10), argv[4], std::strtoull(argv[5], nullptr, 10));
+  } else if (mode == "move-thread-io" && argc == 6) {
+    return run_move_thread_io(argv[2], std::strtoull(argv[3], nullptr, 10), argv[4],
+                              std::strtoull(argv[5], nullptr, 10));
   } else if (mode == "io-threads" && argc == 5) {
     status = run_io_threads(argv[2], std::strtoull(argv[3], nullptr, 10),
                             std::max(1U, static_cast<unsigned>(std::strtoul(argv[4], nullptr, 10))));
