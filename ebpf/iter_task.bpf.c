@@ -30,6 +30,10 @@
 #include "tally_maps.bpf.h"
 #include "tally_threads.bpf.h"
 
+/* Set by the loader for one pass right after a fresh load (the baseline): every live thread gets storage with its
+ * current rchar/wchar as bases, and nothing is reported. */
+__u32 tally_baseline_pass = 0;
+
 SEC("iter/task")
 int tally_iter_task(struct bpf_iter__task___tally* ctx) {
   struct task_struct___tally* task = ctx->task;
@@ -37,10 +41,14 @@ int tally_iter_task(struct bpf_iter__task___tally* ctx) {
   if (task->flags & TALLY_PF_EXITING) return 0;
   const __u64 key = tally_key_of(task);
   struct tally_thread* thread = tally_thread_find(task);
+  if (tally_baseline_pass) {
+    if (!thread) tally_thread_make(task, key, task->ioac.rchar, task->ioac.wchar);
+    return 0;
+  }
   if (!thread) {
     /* Kernel threads and idle helpers have nothing to count: no storage for them. */
     if (task->ioac.rchar == 0 && task->ioac.wchar == 0) return 0;
-    thread = tally_thread_make(task, key);
+    thread = tally_thread_make(task, key, 0, 0);
   }
   /* Without storage (it could not be made) every byte of the thread is unsettled and counts where it is. */
   struct tally_task_io io = {.key = key, .read_bytes = task->ioac.rchar, .write_bytes = task->ioac.wchar};

@@ -22,7 +22,7 @@
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(tally_sched_process_fork, struct task_struct___tally* parent, struct task_struct___tally* child) {
   const __u64 key = tally_key_of(child);
-  tally_thread_make(child, key);
+  tally_thread_make(child, key, 0, 0);
   tally_thread_settle_if_moved(parent, tally_key_of(parent));
   if (child->pid != child->tgid) return 0; /* a new thread, not a new process */
   struct tally_counters* counters = tally_counters_of(key);

@@ -12,8 +12,11 @@
  * tally_counters before it runs the iterator (a byte settled before that read was unsettled earlier still).
  *
  * Who keeps the storage: sched_process_fork creates it for every new thread {its key, 0, 0} (rchar/wchar start at
- * 0); the iterator creates it for threads that predate the probes {current key, 0, 0} (their bytes so far count
- * where they are); cgroup_attach_task settles the task it reports; the iterator, exit and fork (for the parent)
+ * 0); the loader's first iterator pass (the baseline) creates it for every thread that predates the probes
+ * {current key, rchar, wchar}: what a thread did before the probes saw it is not theirs to report, so the first
+ * report after a fresh load carries what happened since, not the node's history. A thread the iterator finds
+ * without storage later (storage could not be made for it) gets {current key, 0, 0}. cgroup_attach_task settles
+ * the task it reports; the iterator, exit and fork (for the parent)
  * settle any thread they see whose key is not the one in its storage: the other threads of a process moved as a
  * whole have no tracepoint of their own. A thread without storage counts all its bytes for its current key. */
 #ifndef TALLY_EBPF_TALLY_THREADS_BPF_H
@@ -38,9 +41,10 @@ static __always_inline struct tally_thread* tally_thread_find(struct task_struct
   return bpf_task_storage_get(&tally_threads, (void*)task, 0, 0);
 }
 
-/* The storage of `task`, created as {key, 0, 0} if it has none; NULL only if it cannot be created. */
-static __always_inline struct tally_thread* tally_thread_make(struct task_struct___tally* task, __u64 key) {
-  struct tally_thread initial = {.key = key};
+/* The storage of `task`, created as {key, read_base, write_base} if it has none; NULL only if it cannot be made. */
+static __always_inline struct tally_thread* tally_thread_make(struct task_struct___tally* task, __u64 key,
+                                                              __u64 read_base, __u64 write_base) {
+  struct tally_thread initial = {.key = key, .read_base = read_base, .write_base = write_base};
   struct tally_thread* thread = bpf_task_storage_get(&tally_threads, (void*)task, &initial,
                                                      BPF_LOCAL_STORAGE_GET_F_CREATE);
   /* Made meanwhile by another program (creation fails with EEXIST then): use that one. */

@@ -527,6 +527,16 @@ struct KernelProbes::Impl {
     return pinned;
   }
 
+  // The first pass after a fresh load: every live thread gets its current rchar/wchar as its base, so that what it
+  // did before the probes saw it is not reported (tally_threads.bpf.h). Adopted probes took theirs long ago.
+  Result<void> take_baseline() {
+    iter->bss->tally_baseline_pass = 1;
+    auto pass = read_live_io();
+    iter->bss->tally_baseline_pass = 0;
+    if (!pass) return pass.error();
+    return {};
+  }
+
   // One pass of the task iterator: per key, the io bytes not in tally_counters as read just before.
   Result<std::map<std::uint64_t, std::pair<std::uint64_t, std::uint64_t>>> read_live_io() const {
     const UniqueFd pass(bpf_iter_create(iter_link.get()));
@@ -799,6 +809,7 @@ Result<std::unique_ptr<KernelProbes>> KernelProbes::start(const ProbeOptions& op
       TALLY_TRY(impl->attach(object, cgroup_root.get(), names));
     }
     TALLY_TRY(impl->make_meta(impl->links.size()));
+    TALLY_TRY(impl->take_baseline());
   }
 
   impl->ring.reset(ring_buffer__new(impl->map_fd("tally_events"), on_ring_event, impl.get(), nullptr));

@@ -365,6 +365,34 @@ TEST_F(KernelProbesTest, ProcessThatMovesLeavesItsBytesBehind) {
   check("once it has exited");
 }
 
+// What a thread did before the probes were loaded is not theirs to report: a fresh load takes every live thread's
+// rchar/wchar as its baseline, and only what follows is counted.
+TEST_F(KernelProbesTest, ThreadsThatPredateTheProbesCountOnlyWhatFollows) {
+  probes_.reset();
+  const auto cgroup = parent_->make_child("predate");
+  TempDir dir;
+  constexpr std::size_t kBefore = 2 << 20, kAfter = 1 << 20;
+  // The "move" is into the cgroup it is in already: a way to make it write, wait, then write again.
+  CgroupProcess workload(cgroup, {kWorkload, "move-io", (dir / "data").string(), std::to_string(kBefore),
+                                  (cgroup / "cgroup.procs").string(), std::to_string(kAfter)});
+  ASSERT_EQ(workload.read_line(20s), "wrote " + std::to_string(kBefore));
+  ASSERT_TRUE(workload.wait_reading_stdin(20s));
+  const auto before = read_process_io(FsRoot(), workload.pid());
+  ASSERT_TRUE(before);
+  auto probes = KernelProbes::start(options());
+  ASSERT_TRUE(probes) << probes.error().message;
+  probes_ = std::move(*probes);
+  workload.write_stdin("go\n");
+  ASSERT_EQ(workload.read_line(20s), "io done");
+  ASSERT_TRUE(workload.wait_reading_stdin(20s));
+  const auto after = read_process_io(FsRoot(), workload.pid());
+  ASSERT_TRUE(after);
+  const KernelCounters counted = counters_of(cgroup);
+  EXPECT_EQ(counted.io_write_bytes, after->write_bytes - before->write_bytes);
+  EXPECT_EQ(counted.io_read_bytes, after->read_bytes - before->read_bytes);
+  EXPECT_GE(counted.io_write_bytes, kAfter);
+}
+
 TEST_F(KernelProbesTest, ThreadMovedWithItsProcessIsSettledWhenNextSeen) {
   const auto from = parent_->make_child("thread-from");
   const auto to = parent_->make_child("thread-to");
