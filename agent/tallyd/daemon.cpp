@@ -303,6 +303,9 @@ class Daemon {
     } else if (state.state == collectors::ProbeState::State::attached) {
       spdlog::info("probes {}: {}{}", state.adopted ? "adopted" : "attached", fmt::join(state.programs, ", "),
                    state.pinned ? fmt::format(" (pinned in {})", config_.probes.pin_dir) : "");
+      if (!state.pin_error.empty()) {
+        spdlog::warn("probes not pinned: {}; they count while tallyd runs, not while it is down", state.pin_error);
+      }
     }
     if (kernel_->events_fd() < 0) return;
     auto source = loop_->add_io(kernel_->events_fd(), EPOLLIN, [this](std::uint32_t) { kernel_->consume_events(); });

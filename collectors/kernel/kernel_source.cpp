@@ -51,6 +51,12 @@ std::unique_ptr<KernelSource> KernelSource::start(const KernelSourceOptions& opt
   probe_options.pin_dir = options.pin_dir;
   probe_options.counters_capacity = options.counters_capacity;
   auto probes = KernelProbes::start(probe_options);
+  if (!probes && !probe_options.pin_dir.empty()) {
+    // Pinning is what lets counting go on while no agent runs; without it the probes still count while we do.
+    state.pin_error = probes.error().message;
+    probe_options.pin_dir.clear();
+    probes = KernelProbes::start(probe_options);
+  }
   if (!probes) {
     state.state = ProbeState::State::off;
     state.reason = probes.error().message;
@@ -62,7 +68,7 @@ std::unique_ptr<KernelSource> KernelSource::start(const KernelSourceOptions& opt
   if (auto id = cgroup_id_of(*root)) source->root_cgroup_id_ = *id;
   state.state = ProbeState::State::attached;
   state.programs = source->probes_->attached();
-  state.pinned = !options.pin_dir.empty();
+  state.pinned = !probe_options.pin_dir.empty();
   state.adopted = source->probes_->adopted();
   state.epoch = source->probes_->epoch();
   return source;

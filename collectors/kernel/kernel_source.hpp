@@ -29,6 +29,7 @@ struct ProbeState {
   std::vector<std::string> programs;
   ProbeStats stats;
   bool pinned = false;
+  std::string pin_error;  // why they are not pinned although a pin directory was asked for
   bool adopted = false;
   std::string epoch;
 };
