@@ -19,6 +19,8 @@
 #include "tests/support/feed_subscriber.hpp"
 #include "tests/support/tallyd_process.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "agent/base/proc.hpp"
+#include "agent/feed/usage_view.hpp"
 
 namespace tally::test {
 namespace {
@@ -158,6 +160,137 @@ TEST_F(TallydKernelUsageTest, WithoutBpfPrivilegesTheAgentWarnsOnceAndSamples) {
   const auto usage = run_io_workload(endpoint, 1 << 20);
   ASSERT_TRUE(usage) << tallyd.stderr_text();
   EXPECT_EQ(usage->source, v1::VALUE_SOURCE_PROC_SAMPLING);
+}
+
+// What a workload's io totals are on the feed, folded the way docs/protocol.md says: the latest total per counter.
+class FeedIo {
+ public:
+  explicit FeedIo(const std::string& endpoint) : feed_(endpoint, "usage") {}
+  // Waits until `workload_id`'s io totals (probes) reach at least `write_bytes` written and `read_bytes` read, or
+  // the deadline; returns them as last seen.
+  std::pair<std::uint64_t, std::uint64_t> wait_for(const std::string& workload_id, std::uint64_t write_bytes,
+                                                   std::uint64_t read_bytes) {
+    fold_until([&] {
+      const auto io = totals(workload_id);
+      return io.first >= write_bytes && io.second >= read_bytes;
+    });
+    return totals(workload_id);
+  }
+  // Folds reports in until `done()` holds (true) or the deadline passes (false).
+  template <typename Done>
+  bool fold_until(Done&& done) {
+    return feed_.receive_until(
+               [&](const FeedMessage& m) {
+                 view_.apply(m.envelope.usage());
+                 return done();
+               },
+               20s)
+        .has_value();
+  }
+  std::pair<std::uint64_t, std::uint64_t> totals(const std::string& workload_id) const {
+    const auto it = view_.workloads().find(workload_id);
+    if (it == view_.workloads().end()) return {0, 0};
+    auto total = [&](const char* name) {
+      const auto c = it->second.totals.find({name, v1::VALUE_SOURCE_KERNEL_PROBES});
+      return c == it->second.totals.end() ? std::uint64_t{0} : c->second.total;
+    };
+    return {total("io_write_bytes"), total("io_read_bytes")};
+  }
+  const agent::UsageView& view() const { return view_; }
+
+ private:
+  FeedSubscriber feed_;
+  agent::UsageView view_;
+};
+
+class TallydAttributionTest : public TallydKernelUsageTest {
+ protected:
+  std::string id_of(const std::filesystem::path& cgroup) const {
+    return identify_cgroup("/" + cgroup.lexically_relative(root_).generic_string()).id;
+  }
+};
+
+// A cgroup made, used and removed within one report interval: the probes name it when it is made (its path comes
+// with the event), so its bytes reach the feed under its own workload although it is gone by the next report.
+TEST_F(TallydAttributionTest, ACgroupThatLivesLessThanOneIntervalIsOnTheFeed) {
+  TallydProcess tallyd(test_config(1000, 1000));
+  const auto endpoint = tallyd.wait_ready();
+  ASSERT_TRUE(endpoint) << tallyd.process().stderr_text();
+  FeedIo feed(*endpoint);
+  const auto cgroup = parent_->make_child("short-lived");
+  const std::string id = id_of(cgroup);
+  TempDir dir;
+  std::optional<IoBytes> io;
+  {
+    CgroupProcess workload(cgroup, {kWorkload, "io", (dir / "data").string(), std::to_string(1 << 20)});
+    ASSERT_EQ(workload.read_line(20s), "io done");
+    ASSERT_TRUE(workload.wait_reading_stdin(20s));
+    io = read_process_io(FsRoot(), workload.pid());
+    ASSERT_TRUE(io);
+    workload.close_stdin();
+    ASSERT_TRUE(workload.wait(20s));
+  }
+  ASSERT_TRUE(wait_until([&] { return ::rmdir(cgroup.c_str()) == 0; })) << "the cgroup stays busy";
+  // Its totals are exact: the bytes of its one process, which had exited before the cgroup went.
+  const auto [written, read] = feed.wait_for(id, io->write_bytes, io->read_bytes);
+  EXPECT_EQ(written, io->write_bytes) << tallyd.process().stderr_text();
+  EXPECT_EQ(read, io->read_bytes);
+}
+
+// A process that writes A bytes, moves itself to another cgroup, then writes B: A stays with the first workload,
+// B (and what came after the move) goes to the second.
+TEST_F(TallydAttributionTest, BytesBeforeAMoveStayWithTheOldWorkload) {
+  TallydProcess tallyd(test_config(1000, 200));
+  const auto endpoint = tallyd.wait_ready();
+  ASSERT_TRUE(endpoint) << tallyd.process().stderr_text();
+  FeedIo feed(*endpoint);
+  const auto from = parent_->make_child("feed-move-from");
+  const auto to = parent_->make_child("feed-move-to");
+  TempDir dir;
+  constexpr std::size_t kBefore = 3 << 20, kAfter = 1 << 20;
+  CgroupProcess workload(from, {kWorkload, "move-io", (dir / "data").string(), std::to_string(kBefore),
+                                (to / "cgroup.procs").string(), std::to_string(kAfter)});
+  ASSERT_EQ(workload.read_line(20s), "wrote " + std::to_string(kBefore));
+  ASSERT_TRUE(workload.wait_reading_stdin(20s));
+  const auto before = read_process_io(FsRoot(), workload.pid());
+  ASSERT_TRUE(before);
+  workload.write_stdin("move\n");
+  ASSERT_EQ(workload.read_line(20s), "io done");
+  ASSERT_TRUE(workload.wait_reading_stdin(20s));
+  const auto after = read_process_io(FsRoot(), workload.pid());
+  ASSERT_TRUE(after);
+  const auto moved = feed.wait_for(id_of(to), after->write_bytes - before->write_bytes, 0);
+  EXPECT_EQ(moved.first, after->write_bytes - before->write_bytes);
+  EXPECT_EQ(feed.totals(id_of(from)).first, before->write_bytes);
+}
+
+// A process in the root cgroup is one workload, "process:<pid>:<start>", for its client segment and its kernel
+// counters alike: its tokens and its io are on one row.
+TEST_F(TallydAttributionTest, ARootCgroupProcessIsOneWorkloadOnEveryPath) {
+  TempDir dir;
+  TallydProcess tallyd(test_config(1000, 200,
+                                   fmt::format("[metering]\nsocket = \"{0}/tally.sock\"\nruntime_dir = \"{0}/run\"\n",
+                                               dir.path().string())));
+  const auto endpoint = tallyd.wait_ready();
+  ASSERT_TRUE(endpoint) << tallyd.process().stderr_text();
+  FeedIo feed(*endpoint);
+  // The test runner's own cgroup holds the writer; it must be the root for this test.
+  const auto own = read_process_cgroup(FsRoot(), ::getpid());
+  if (own != "/") GTEST_SKIP() << "this test runs in cgroup " << own.value_or("?") << ", not the root";
+  Process writer({SHM_TEST_WRITER_PATH, "--threads", "1", "--iterations", "100", "--labels", "1"},
+                 {{"TALLY_SOCKET", (dir / "tally.sock").string()}, {"TALLY_OPEN_TIMEOUT_MS", "5000"}});
+  ASSERT_TRUE(writer.wait(30s));
+  const std::string id = "process:" + std::to_string(writer.pid()) + ":";
+  std::string kind;
+  ASSERT_TRUE(feed.fold_until([&] {
+    for (const auto& [workload_id, w] : feed.view().workloads()) {
+      if (workload_id.rfind(id, 0) != 0) continue;
+      kind = w.last.kind();
+      return !w.label_sets.empty() && w.totals.contains({"io_write_bytes", v1::VALUE_SOURCE_KERNEL_PROBES});
+    }
+    return false;
+  })) << "no row with both the client's counters and the kernel's for pid " << writer.pid();
+  EXPECT_EQ(kind, "process");
 }
 
 }  // namespace
