@@ -4,6 +4,9 @@
 // the test can read /proc/PID/io and the BPF counters while the process is still alive and idle.
 //
 //   io PATH BYTES           write BYTES to PATH in 4 KiB writes, read them back; prints "io done"
+//   io-rounds PATH BYTES ROUNDS PAUSE_MS
+//                           ROUNDS times the same (BYTES rounded up to 4 KiB), each in a thread that exits, with a
+//                           pause between rounds; prints "io done"
 //   move-io PATH A CGROUP_PROCS B
 //                           write A bytes to PATH, print "wrote A", wait for a line on stdin, move itself to another
 //                           cgroup (its pid written to CGROUP_PROCS), write B more bytes; prints "io done"
@@ -26,6 +29,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <condition_variable>
 #include <mutex>
@@ -71,6 +75,29 @@ int run_io(const char* path, std::size_t bytes) {
     done += static_cast<std::size_t>(n);
   }
   ::close(fd);
+  std::printf("io done\n");
+  return 0;
+}
+
+// IO spread over time: ROUNDS rounds of run_io's work on one file, a pause between them, each round in a thread of
+// its own that exits (so the bytes are of live and exited threads alike).
+int run_io_rounds(const char* path, std::size_t bytes, unsigned rounds, unsigned pause_ms) {
+  for (unsigned r = 0; r < rounds; ++r) {
+    int status = 0;
+    std::thread round([&] {
+      const int fd = ::open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+      std::vector<char> block(4096, 'x');
+      bool ok = fd >= 0;
+      for (std::size_t done = 0; ok && done < bytes; done += block.size()) ok = ::write(fd, block.data(), block.size()) > 0;
+      ok = ok && ::lseek(fd, 0, SEEK_SET) == 0;
+      for (std::size_t done = 0; ok && done < bytes; done += block.size()) ok = ::read(fd, block.data(), block.size()) > 0;
+      if (fd >= 0) ::close(fd);
+      status = ok ? 0 : 1;
+    });
+    round.join();
+    if (status != 0) return fail("io round");
+    std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));  // spreads the work: nothing waits on it
+  }
   std::printf("io done\n");
   return 0;
 }
@@ -244,6 +271,9 @@ int main(int argc, char** argv) {
   int status = 2;
   if (mode == "io" && argc == 4) {
     status = run_io(argv[2], std::strtoull(argv[3], nullptr, 10));
+  } else if (mode == "io-rounds" && argc == 6) {
+    status = run_io_rounds(argv[2], std::strtoull(argv[3], nullptr, 10), static_cast<unsigned>(std::strtoul(argv[4], nullptr, 10)),
+                           static_cast<unsigned>(std::strtoul(argv[5], nullptr, 10)));
   } else if (mode == "move-io" && argc == 6) {
     status = run_move_io(argv[2], std::strtoull(argv[3], nullptr, 10), argv[4], std::strtoull(argv[5], nullptr, 10));
   } else if (mode == "move-thread-io" && argc == 6) {
