@@ -301,7 +301,7 @@ int main(int argc, char** argv) {
     if (fd >= 0) ::close(fd);
     status = 0;
   } else {
-    std::fprintf(stderr, "usage: see the comment at the top of tests/ebpf/workload.cpp\n");
+    std::fprintf(stderr, "usage: see the comment at the top of tests/support/cgroup_workload.cpp\n");
     return 2;
   }
   if (status == 0) wait_for_stdin_close();

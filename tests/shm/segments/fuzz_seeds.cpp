@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "tally/client.h"
-#include "tests/shm/in_process_agent.hpp"
+#include "tests/support/in_process_agent.hpp"
 
 namespace {
 

@@ -11,7 +11,7 @@
 
 #include "collectors/topology/topology.hpp"
 #include "collectors/topology/topology_json.hpp"
-#include "tests/collectors/find_program.hpp"
+#include "tests/collectors/topology/find_program.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 

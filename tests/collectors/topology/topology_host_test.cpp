@@ -9,7 +9,7 @@
 
 #include "agent/base/fs_root.hpp"
 #include "collectors/topology/cpulist.hpp"
-#include "tests/collectors/find_program.hpp"
+#include "tests/collectors/topology/find_program.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 

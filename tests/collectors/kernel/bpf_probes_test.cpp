@@ -23,7 +23,7 @@
 #include "agent/base/unique_fd.hpp"
 #include "collectors/kernel/kernel_cgroups.hpp"
 #include "ebpf/tally_abi.h"
-#include "tests/ebpf/test_cgroup.hpp"
+#include "tests/support/test_cgroup.hpp"
 #include "tests/support/deadline.hpp"
 #include "tests/support/temp_dir.hpp"
 

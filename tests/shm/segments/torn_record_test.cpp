@@ -7,7 +7,7 @@
 
 #include "shm/segments/segment_file.hpp"
 #include "shm/segments/segment_reader.hpp"
-#include "tests/shm/in_process_agent.hpp"
+#include "tests/support/in_process_agent.hpp"
 #include "tests/support/process.hpp"
 
 namespace tally::test {

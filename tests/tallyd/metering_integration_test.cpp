@@ -17,7 +17,7 @@
 
 #include "agent/base/histogram.hpp"
 #include "shm/format/segment_format.hpp"
-#include "tests/shm/workload_gen.hpp"
+#include "tests/support/workload_gen.hpp"
 #include "tests/support/deadline.hpp"
 #include "tests/support/feed_subscriber.hpp"
 #include "tests/support/tallyd_process.hpp"

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "tally/client.h"
-#include "tests/shm/workload_gen.hpp"
+#include "tests/support/workload_gen.hpp"
 
 namespace {
 

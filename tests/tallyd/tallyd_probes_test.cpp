@@ -14,7 +14,7 @@
 
 #include "collectors/kernel/bpf_probes.hpp"
 #include "agent/base/workload_identity.hpp"
-#include "tests/ebpf/test_cgroup.hpp"
+#include "tests/support/test_cgroup.hpp"
 #include "tests/support/deadline.hpp"
 #include "tests/support/feed_subscriber.hpp"
 #include "tests/support/tallyd_process.hpp"

@@ -13,7 +13,7 @@
 #include "shm/segments/segment_file.hpp"
 #include "shm/segments/segment_reader.hpp"
 #include "tally/client.hpp"
-#include "tests/shm/in_process_agent.hpp"
+#include "tests/support/in_process_agent.hpp"
 #include "tests/support/deadline.hpp"
 
 namespace tally::test {

@@ -1,4 +1,4 @@
-#include "tests/ebpf/test_cgroup.hpp"
+#include "tests/support/test_cgroup.hpp"
 
 #include <fcntl.h>
 #include <linux/magic.h>
