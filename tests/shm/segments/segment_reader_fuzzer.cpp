@@ -45,13 +45,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   auto reader = SegmentReader::attach({base, storage.size()});
   if (!reader) return 0;
   std::vector<RequestEvent> events;
-  RequestHistograms histograms;
+  tally::ExponentialHistogram tokens, durations;  // what the agent folds events into
   for (int round = 0; round < 2; ++round) {
     if (!reader->drain(events)) return 0;
-    for (const auto& e : events) histograms.fold(e);
+    for (const auto& e : events) {
+      tokens.record(e.tokens_in + e.tokens_out);
+      durations.record(e.duration_ns);
+    }
     events.clear();
   }
-  (void)histograms.tokens.quantile(0.99);
-  (void)histograms.tokens.top_share(0.01);
+  (void)tokens.quantile(0.99);
+  (void)tokens.top_share(0.01);
+  (void)durations.quantile(0.5);
   return 0;
 }
