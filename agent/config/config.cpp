@@ -1,9 +1,9 @@
 #include "agent/config/config.hpp"
 
-#include <fstream>
+#include "agent/base/files.hpp"
+
 #include <limits>
 #include <set>
-#include <sstream>
 
 #include <spdlog/common.h>
 #include <toml++/toml.h>
@@ -290,12 +290,9 @@ Result<Config> load_config(const std::filesystem::path& path, bool must_exist) {
   if (!std::filesystem::is_regular_file(path, ec)) {
     return make_error(ErrorCode::invalid_argument, "{}: not a regular file", path.string());
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return make_error(ErrorCode::io, "{}: cannot read config file", path.string());
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return make_error(ErrorCode::io, "{}: error reading config file", path.string());
-  return parse_config(text.str(), path.string());
+  const auto text = read_file(path);
+  if (!text) return make_error(ErrorCode::io, "{}: cannot read config file", path.string());
+  return parse_config(*text, path.string());
 }
 
 }  // namespace tally::agent
