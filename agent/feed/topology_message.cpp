@@ -1,5 +1,7 @@
 #include "agent/feed/topology_message.hpp"
 
+#include <google/protobuf/util/json_util.h>
+
 #include "agent/base/fs_root.hpp"
 #include "collectors/topology/cpulist.hpp"
 
@@ -55,6 +57,7 @@ void to_proto(const collectors::Topology& topology, v1::Topology& message) {
   message.set_architecture(topology.architecture);
   message.set_cpus(format_cpulist(topology.cpus));
   message.set_nvml_driver_version(topology.nvml_driver_version);
+  message.set_source(topology.source);
   for (const NumaNode& node : topology.numa_nodes) {
     v1::NumaNode* out = message.add_numa_nodes();
     out->set_os_index(node.os_index);
@@ -88,7 +91,7 @@ void to_proto(const collectors::Topology& topology, v1::Topology& message) {
     out->set_uuid(device.uuid);
     out->set_memory_bytes(device.memory_bytes);
     out->set_memory_numa_node(device.memory_numa_node);
-    out->set_mig_enabled(device.mig_enabled.value_or(false));
+    if (device.mig_enabled) out->set_mig_enabled(*device.mig_enabled);
     for (const MigInstance& mig : device.mig_instances) {
       v1::MigInstance* instance = out->add_mig_instances();
       instance->set_gpu_instance_id(mig.gpu_instance_id);
@@ -108,6 +111,10 @@ void to_proto(const collectors::Topology& topology, v1::Topology& message) {
     out->set_lost(device.lost);
     out->set_link_gbytes_per_s(device.link_gbytes_per_s);
     out->set_link_width(device.link_width);
+    out->set_link_speed(device.link_speed);
+    out->set_rdma_rate(device.rdma_rate);
+    out->set_rdma_state(device.rdma_state);
+    out->set_rdma_link_layer(device.rdma_link_layer);
     out->set_compute_partition(device.compute_partition);
   }
   const LinkMatrix& matrix = topology.links;
@@ -119,9 +126,24 @@ void to_proto(const collectors::Topology& topology, v1::Topology& message) {
       link->set_to(topology.devices[static_cast<std::size_t>(matrix.endpoints[column])].label);
       link->set_pcie(class_of(matrix.pcie_at(row, column)));
       link->set_nvlinks(matrix.nvlinks_at(row, column));
+      const std::int8_t p2p = matrix.p2p[row * matrix.size() + column];
+      if (p2p >= 0) link->set_p2p_read(p2p == 1);
     }
   }
   for (const auto& warning : topology.warnings) message.add_warnings(warning);
+}
+
+std::string topology_json(const collectors::Topology& topology) {
+  v1::Topology message;
+  to_proto(topology, message);
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;  // a zero or an empty list is an answer, not a missing field
+  std::string text;
+  // Printing a message we built cannot fail; an empty document would show if it ever did.
+  (void)google::protobuf::util::MessageToJsonString(message, &text, options);
+  return text;
 }
 
 }  // namespace tally::agent

@@ -8,8 +8,8 @@
 
 #include "agent/tallyctl/ctl_commands.hpp"
 #include "agent/base/logging.hpp"
+#include "agent/feed/topology_message.hpp"
 #include "collectors/topology/topology.hpp"
-#include "collectors/topology/topology_json.hpp"
 
 namespace tally::agent {
 namespace {
@@ -37,7 +37,7 @@ int run_topo(const TopoOptions& options) {
     return 1;
   }
   if (options.json) {
-    fmt::print("{}\n", collectors::to_json(*topology).dump(2));
+    fmt::print("{}", topology_json(*topology));
   } else {
     fmt::print("{}\n{}", collectors::format_link_matrix(*topology, !options.pcie),
                collectors::format_topology_tree(*topology));
@@ -52,7 +52,7 @@ void add_topo_command(CLI::App& app, int& exit_status) {
   auto options = std::make_shared<TopoOptions>();
   CLI::App* topo = app.add_subcommand("topo", "Show GPUs, NUMA nodes, PCIe paths, NICs and NVLink of a node");
   topo->add_flag("--pcie", options->pcie, "PCIe-only link matrix, like nvidia-smi topo -mp");
-  topo->add_flag("--json", options->json, "Print the whole model as JSON");
+  topo->add_flag("--json", options->json, "Print the whole model as JSON: the tally.v1.Topology message of the feed");
   auto* xml = topo->add_option("--from-xml", options->from_xml, "Read a saved hwloc XML (lstopo --of xml) instead")
                   ->check(CLI::ExistingFile);
   topo->add_option("--sysfs-root", options->sysfs_root, "Read another node's saved sysfs/procfs root instead")

@@ -10,7 +10,6 @@
 #include <set>
 
 #include "collectors/topology/topology.hpp"
-#include "collectors/topology/topology_json.hpp"
 #include "tests/collectors/topology/find_program.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
@@ -466,36 +465,6 @@ TEST(TopologyBadInput, SysfsWithoutPciDevicesWarnsAndKeepsNumaAndCpus) {
   EXPECT_EQ(topology.cpus.size(), 32u);
   ASSERT_EQ(topology.warnings.size(), 1u);
   EXPECT_NE(topology.warnings[0].find("sys/bus/pci/devices is missing"), std::string::npos) << topology.warnings[0];
-}
-
-// ---- JSON ---------------------------------------------------------------------------------------------------------
-
-TEST(TopologyJson, CarriesTheModelAndTheMatrix) {
-  const Topology topology = from_xml("ipa20.xml");
-  const auto json = to_json(topology);
-  EXPECT_EQ(json["cpu_count"], 224);
-  EXPECT_EQ(json["numa_nodes"].size(), 8u);
-  EXPECT_EQ(json["numa_nodes"][0]["distances"], nlohmann::json({10, 12, 12, 12, 21, 21, 21, 21}));
-  bool found = false;
-  for (const auto& device : json["devices"]) {
-    if (device["label"] == "GPU0") {
-      found = true;
-      EXPECT_EQ(device["pci_bus_id"], "0000:4e:00.0");
-      EXPECT_EQ(device["numa_node"], 3);
-      EXPECT_EQ(device["nearest_nic"], "NIC2");
-      EXPECT_EQ(device["pcie_path"].back(), "host_bridge");
-    }
-  }
-  EXPECT_TRUE(found);
-  bool pair = false;
-  for (const auto& entry : json["links"]) {
-    if (entry["from"] == "GPU0" && entry["to"] == "GPU1") {
-      pair = true;
-      EXPECT_EQ(entry["pcie"], "SYS");
-      EXPECT_EQ(entry["nvlinks"], 6);
-    }
-  }
-  EXPECT_TRUE(pair);
 }
 
 }  // namespace

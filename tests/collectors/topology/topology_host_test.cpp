@@ -87,7 +87,7 @@ TEST(TopologyHost, AgreesWithNumactl) {
     ASSERT_TRUE(expected.contains(id)) << "NUMA node " << id << " not in numactl -H:\n" << output;
     EXPECT_EQ(collectors::parse_cpulist(node["cpus"].get<std::string>()), expected.at(id).cpus) << "node " << id;
     // numactl prints MemTotal of the node in MiB, rounded down.
-    EXPECT_EQ(node["memory_bytes"].get<std::uint64_t>() >> 20, expected.at(id).size_mb) << "node " << id;
+    EXPECT_EQ(std::stoull(node["memory_bytes"].get<std::string>()) >> 20, expected.at(id).size_mb) << "node " << id;
   }
 }
 
@@ -164,17 +164,29 @@ TEST(TallyctlTopo, UnreadableXmlExitsOneWithOneLineNamingIt) {
 TEST(TallyctlTopo, NvmlLibraryOptionJoinsTheFakeToACapture) {
   TempDir dir;
   const auto scenario = dir.write("scenario.json", R"({"gpus": [
-      {"bus_id": "00000000:18:00.0", "uuid": "GPU-from-fake-nvml", "name": "Tesla T4", "memory_total": 16106127360}]})");
+      {"bus_id": "00000000:18:00.0", "uuid": "GPU-from-fake-nvml", "name": "Tesla T4", "memory_total": 16106127360,
+       "mig_mode": 1, "p2p_peers": ["00000000:19:00.0"]},
+      {"bus_id": "00000000:19:00.0", "uuid": "GPU-second", "name": "Tesla T4", "memory_total": 1}]})");
   auto result = run_command({TALLYCTL_PATH, "topo", "--json", "--from-xml",
                              std::string(TALLY_TOPOLOGY_DATA) + "/g4dnmetal.xml", "--nvml-library", FAKE_NVML_PATH},
                             60s, {{"TALLY_FAKE_NVML_SCENARIO", scenario.string()}});
   ASSERT_TRUE(result.status.exited && result.status.code == 0) << result.output;
   const auto json = nlohmann::json::parse(result.output, nullptr, false);
   ASSERT_FALSE(json.is_discarded()) << result.output;
-  ASSERT_EQ(json["devices"][0]["label"], "GPU0");
-  EXPECT_EQ(json["devices"][0]["uuid"], "GPU-from-fake-nvml");
-  EXPECT_EQ(json["devices"][0]["memory_bytes"], 16106127360ull);
-  EXPECT_EQ(json["devices"][1]["memory_bytes"], 0u);  // GPU1 unknown to this scenario: hwloc's view only
+  const auto& devices = json["devices"];
+  ASSERT_EQ(devices[0]["label"], "GPU0");
+  EXPECT_EQ(devices[0]["uuid"], "GPU-from-fake-nvml");
+  EXPECT_EQ(devices[0]["memory_bytes"], "16106127360");  // proto3 JSON prints 64-bit integers as strings
+  EXPECT_EQ(devices[0]["mig_enabled"], true);
+  EXPECT_FALSE(devices[1].contains("mig_enabled")) << devices[1].dump();  // NVML: MIG not supported
+  EXPECT_EQ(devices[2]["memory_bytes"], "0");  // GPU2 unknown to this scenario: hwloc's view only
+  std::map<std::pair<std::string, std::string>, nlohmann::json> links;
+  for (const auto& link : json["links"]) links[{link["from"], link["to"]}] = link;
+  ASSERT_TRUE(links.contains({"GPU0", "GPU1"})) << json["links"].dump();
+  EXPECT_EQ(links.at({"GPU0", "GPU1"})["p2p_read"], true);
+  EXPECT_EQ(links.at({"GPU1", "GPU0"})["p2p_read"], false);
+  EXPECT_EQ(links.at({"GPU0", "GPU1"})["pcie"], "LINK_CLASS_PHB");
+  EXPECT_FALSE(links.at({"GPU0", "GPU2"}).contains("p2p_read")) << "GPU2 was not asked: no answer, not a no";
 }
 
 }  // namespace
