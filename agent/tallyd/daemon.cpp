@@ -221,7 +221,9 @@ class Daemon {
 
   void publish_usage(bool final) {
     if (metering_) {
-      if (final) metering_->drain();
+      // Lanes first, then the counters: once writers stop, the report whose totals are complete also has every
+      // request in its tails (the drain timer may lag behind on a loaded machine; an empty drain costs little).
+      metering_->drain();
       metering_->sync();
     }
     if (kernel_) kernel_usage_->record(kernel_->collect());

@@ -54,6 +54,26 @@ std::optional<std::uint64_t> ProcessTable::cgroup_of(pid_t pid) const {
   return std::nullopt;
 }
 
+ProcIoSampler::ProcIoSampler(FsRoot fs) : fs_(std::move(fs)) {
+  for (const Process& process : read_processes()) previous_[process.pid] = process.seen;
+}
+
+std::vector<ProcIoSampler::Process> ProcIoSampler::read_processes() const {
+  std::vector<Process> processes;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator(fs_.path("proc"), ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    const auto pid = parse_pid(it->path().filename().string());
+    if (!pid) continue;
+    const auto ticks = read_process_start_ticks(fs_, *pid);
+    const auto io = read_process_io(fs_, *pid);
+    auto cgroup = read_process_cgroup(fs_, *pid);
+    if (!ticks || !io || !cgroup) continue;  // exited meanwhile, or a kernel thread without io accounting
+    processes.push_back({*pid, Seen{*ticks, *io}, std::move(*cgroup)});
+  }
+  return processes;
+}
+
 const std::map<std::string, ProcIoSampler::Owner>& ProcIoSampler::sample() {
   // Owners reported as gone last time go now; the others start this sample with no live process.
   for (auto it = owners_.begin(); it != owners_.end();) {
@@ -65,37 +85,28 @@ const std::map<std::string, ProcIoSampler::Owner>& ProcIoSampler::sample() {
     }
   }
   std::map<pid_t, Seen> current;
-  std::error_code ec;
-  for (auto it = std::filesystem::directory_iterator(fs_.path("proc"), ec);
-       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    const auto pid = parse_pid(it->path().filename().string());
-    if (!pid) continue;
-    const auto ticks = read_process_start_ticks(fs_, *pid);
-    const auto io = read_process_io(fs_, *pid);
-    const auto cgroup = read_process_cgroup(fs_, *pid);
-    if (!ticks || !io || !cgroup) continue;  // exited meanwhile, or a kernel thread without io accounting
-    current[*pid] = Seen{*ticks, *io};
-    const bool root = *cgroup == "/";
-    const std::string key = root ? "process:" + std::to_string(*pid) + ":" + std::to_string(*ticks)
-                                 : "cgroup:" + *cgroup;
+  for (const Process& process : read_processes()) {
+    const Seen& now = process.seen;
+    current[process.pid] = now;
+    const bool root = process.cgroup == "/";
+    const std::string key = root ? "process:" + std::to_string(process.pid) + ":" + std::to_string(now.start_ticks)
+                                 : "cgroup:" + process.cgroup;
     Owner& owner = owners_[key];
-    owner.cgroup_path = *cgroup;
+    owner.cgroup_path = process.cgroup;
     owner.live = true;
     if (root) {
-      owner.pid = *pid;
-      owner.start_ticks = *ticks;
+      owner.pid = process.pid;
+      owner.start_ticks = now.start_ticks;
     }
-    if (!baseline_taken_) continue;
-    IoBytes grown = *io;  // a process born since the last sample: all of it is new
-    if (auto seen = previous_.find(*pid); seen != previous_.end() && seen->second.start_ticks == *ticks) {
-      grown.read_bytes = io->read_bytes >= seen->second.io.read_bytes ? io->read_bytes - seen->second.io.read_bytes : 0;
-      grown.write_bytes =
-          io->write_bytes >= seen->second.io.write_bytes ? io->write_bytes - seen->second.io.write_bytes : 0;
+    IoBytes grown = now.io;  // a process born since the last sample (or the baseline): all of it is new
+    if (auto seen = previous_.find(process.pid); seen != previous_.end() && seen->second.start_ticks == now.start_ticks) {
+      const IoBytes& before = seen->second.io;
+      grown.read_bytes = now.io.read_bytes >= before.read_bytes ? now.io.read_bytes - before.read_bytes : 0;
+      grown.write_bytes = now.io.write_bytes >= before.write_bytes ? now.io.write_bytes - before.write_bytes : 0;
     }
     owner.total.read_bytes += grown.read_bytes;
     owner.total.write_bytes += grown.write_bytes;
   }
-  baseline_taken_ = true;
   previous_ = std::move(current);
   return owners_;
 }

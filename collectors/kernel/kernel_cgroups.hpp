@@ -10,6 +10,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "agent/base/fs_root.hpp"
 #include "agent/base/proc.hpp"
@@ -60,13 +61,15 @@ class ProcessTable {
 class ProcIoSampler {
  public:
   struct Owner {
-    IoBytes total;             // cumulative since the first sample
+    IoBytes total;             // cumulative since the sampler started
     std::string cgroup_path;   // the owner's cgroup
     pid_t pid = 0;             // a root-cgroup process: its pid and start time
     std::uint64_t start_ticks = 0;
     bool live = false;         // had a live process in the last sample
   };
-  explicit ProcIoSampler(FsRoot fs = FsRoot()) : fs_(std::move(fs)) {}
+  // Reads every process's counters now, as the baseline: what a process did before the sampler started is not
+  // counted; a process born later counts whole, however late the first sample() finds it.
+  explicit ProcIoSampler(FsRoot fs = FsRoot());
   // Samples every process; returns every owner seen so far by key ("cgroup:<path>" or "process:<pid>:<ticks>").
   // Owners with no live process left are returned once more with live = false, then dropped.
   const std::map<std::string, Owner>& sample();
@@ -76,8 +79,14 @@ class ProcIoSampler {
     std::uint64_t start_ticks = 0;  // tells a reused pid from the process seen before
     IoBytes io;
   };
+  struct Process {
+    pid_t pid = 0;
+    Seen seen;
+    std::string cgroup;
+  };
+  std::vector<Process> read_processes() const;
+
   FsRoot fs_;
-  bool baseline_taken_ = false;
   std::map<pid_t, Seen> previous_;
   std::map<std::string, Owner> owners_;
 };

@@ -31,19 +31,20 @@ WorkloadIdentity root_cgroup() {
 
 std::unique_ptr<KernelSource> KernelSource::start(const KernelSourceOptions& options) {
   std::unique_ptr<KernelSource> source(new KernelSource(options));
-  source->sampler_ = ProcIoSampler(options.fs);
   ProbeState& state = source->state_;
+  // Without probes, /proc is sampled; the sampler starts now, so that what processes did before the agent is its
+  // baseline and whatever starts later counts whole.
+  const auto sampled = [&](ProbeState::State why, std::string reason) {
+    state.state = why;
+    state.reason = std::move(reason);
+    source->sampler_.emplace(options.fs);
+    return std::move(source);
+  };
   if (!options.probes_enabled) {
-    state.state = ProbeState::State::disabled;
-    state.reason = "disabled in the configuration ([probes] enabled = false)";
-    return source;
+    return sampled(ProbeState::State::disabled, "disabled in the configuration ([probes] enabled = false)");
   }
   auto root = find_cgroup2_mount(options.fs);
-  if (!root) {
-    state.state = ProbeState::State::off;
-    state.reason = root.error().message;
-    return source;
-  }
+  if (!root) return sampled(ProbeState::State::off, root.error().message);
   route_libbpf_logs();
   ProbeOptions probe_options;
   probe_options.cgroup2_root = *root;
@@ -57,11 +58,7 @@ std::unique_ptr<KernelSource> KernelSource::start(const KernelSourceOptions& opt
     probe_options.pin_dir.clear();
     probes = KernelProbes::start(probe_options);
   }
-  if (!probes) {
-    state.state = ProbeState::State::off;
-    state.reason = probes.error().message;
-    return source;
-  }
+  if (!probes) return sampled(ProbeState::State::off, probes.error().message);
   source->probes_ = std::move(*probes);
   source->names_ = std::make_unique<CgroupNames>(*root);
   source->names_->walk();
@@ -165,7 +162,7 @@ std::vector<KernelUsage> KernelSource::collect_traced() {
 
 std::vector<KernelUsage> KernelSource::collect_sampled() {
   std::vector<KernelUsage> out;
-  for (const auto& [owner_key, owner] : sampler_.sample()) {
+  for (const auto& [owner_key, owner] : sampler_->sample()) {
     auto last = sampled_last_.find(owner_key);
     const bool changed = last == sampled_last_.end() || !(last->second == owner.total);
     if (!changed && owner.live) continue;

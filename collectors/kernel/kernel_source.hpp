@@ -95,7 +95,7 @@ class KernelSource {
   std::unique_ptr<KernelProbes> probes_;
   std::unique_ptr<CgroupNames> names_;
   std::uint64_t root_cgroup_id_ = 0;
-  ProcIoSampler sampler_;
+  std::optional<ProcIoSampler> sampler_;  // when the probes are off
   ProcessTable processes_;
   std::map<std::uint64_t, KernelCounters> last_;  // per key, as last collected
   std::map<std::uint64_t, WorkloadIdentity> identities_;

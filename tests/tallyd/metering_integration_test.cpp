@@ -91,12 +91,13 @@ Totals feed_totals(const v1::UsageReport& report) {
 
 class Metering : public ::testing::Test {
  protected:
-  std::string config(std::uint32_t usage_ms = 100, const std::string& more = "") const {
+  std::string config(std::uint32_t usage_ms = 100, const std::string& more = "", std::uint32_t drain_ms = 10) const {
     // Snapshots every few reports: the tests read whole workloads from them.
     return test_config(1000, usage_ms,
                        fmt::format("[metering]\nsocket = \"{}\"\nruntime_dir = \"{}\"\nstate_dir = \"{}\"\n"
-                                   "drain_interval_ms = 10\n{}",
-                                   socket().string(), (dir_ / "run").string(), (dir_ / "state").string(), more),
+                                   "drain_interval_ms = {}\n{}",
+                                   socket().string(), (dir_ / "run").string(), (dir_ / "state").string(), drain_ms,
+                                   more),
                        3 * usage_ms);
   }
   std::filesystem::path socket() const { return dir_ / "tally.sock"; }
@@ -223,6 +224,33 @@ TEST_F(Metering, EightProcessesOfFourThreadsExactTotalsAndPercentilesWithinOnePe
     EXPECT_GT(ls.top1pct_token_share(), 0.0);
     EXPECT_LT(ls.top1pct_token_share(), 1.0);
   }
+}
+
+// A report drains the lanes before it reads the counters: once a writer pauses, the report whose totals hold all
+// it wrote also has every one of its requests in the tails, however far behind the drain timer is (here it would
+// not fire for a minute).
+TEST_F(Metering, AReportsTailsHoldEveryRequestItsTotalsCount) {
+  auto agent = start_agent(config(100, "", 60'000));
+  const auto gate = dir_ / "gate";
+  const WriterSpec spec{0, 2, 2000, 41};
+  Totals expected;
+  add_expected(spec, 0, spec.iterations / 2, expected);
+  auto writer = start_writer(spec, {"--gate", gate.string()}, {{"TALLY_LANE_RECORDS", "4096"}});
+  ASSERT_EQ(writer->wait_for_stdout_lines(2, 30s).size(), 2u) << writer->stderr_text();  // attached, half
+  const v1::UsageReport report = wait_for_totals(expected);
+  ASSERT_EQ(feed_totals(report), expected);
+  std::uint64_t histogrammed = 0, requests = 0;
+  for (const auto& w : report.workloads()) {
+    if (!is_writer(w)) continue;
+    for (const auto& ls : w.label_sets()) {
+      histogrammed += ls.ttft_ns().histogram().count();
+      requests += client_total(ls.totals(), "requests");
+    }
+  }
+  EXPECT_EQ(requests, spec.threads * (spec.iterations / 2));
+  EXPECT_EQ(histogrammed, requests);
+  std::ofstream(gate).put('1');
+  wait_done(*writer);
 }
 
 TEST_F(Metering, TinyLanesWithTheAgentStoppedTotalsExactDropsCounted) {
