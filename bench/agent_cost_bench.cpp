@@ -29,6 +29,8 @@
 #include <benchmark/benchmark.h>
 #include <fmt/format.h>
 
+#include "bench/median_reporter.hpp"
+
 extern char** environ;
 
 namespace {
@@ -157,34 +159,26 @@ void BM_AgentCost(benchmark::State& state) {
 BENCHMARK(BM_AgentCost)->ArgName("clients")->Arg(0)->Arg(400)->Iterations(1)->UseManualTime()->Unit(benchmark::kSecond);
 
 // Prints medians against the targets.
-class Summary : public benchmark::ConsoleReporter {
+class Summary : public tally::bench::MedianReporter {
  public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& run : runs) {
-      const bool aggregate = run.run_type == Run::RT_Aggregate;
-      if ((aggregate && run.aggregate_name != "median") || (!aggregate && run.repetitions > 1)) continue;
-      const int clients = run.run_name.args.find("400") != std::string::npos ? 400 : 0;
-      cpu_[clients] = run.counters.at("cpu_percent");
-      rss_[clients] = run.counters.at("rss_mib");
-    }
-  }
   void Finalize() override {
-    ConsoleReporter::Finalize();
+    MedianReporter::Finalize();
     std::printf("\nagent cost while its clients sit idle (window %.0f s)\n", g_window_s);
-    if (cpu_.contains(0)) {
-      std::printf("  no client:                  %.3f %% of a core (target < 0.1 %%), %.1f MiB\n", cpu_[0], rss_[0]);
+    const tally::bench::Median* idle = find("BM_AgentCost/clients:0/");
+    const tally::bench::Median* busy = find("BM_AgentCost/clients:400/");
+    if (idle != nullptr) {
+      std::printf("  no client:                  %.3f %% of a core (target < 0.1 %%), %.1f MiB\n",
+                  idle->counters.at("cpu_percent"), idle->counters.at("rss_mib"));
     }
-    if (cpu_.contains(400)) {
+    if (busy != nullptr) {
       std::printf("  400 clients x 16 label sets: %.3f %% of a core (target < 0.5 %%), %.1f MiB (target < %.0f MiB)",
-                  cpu_[400], rss_[400], 64.0 + 400 * 0.25);
-      if (cpu_.contains(0) && cpu_[0] > 0) std::printf(", %.1fx the idle agent", cpu_[400] / cpu_[0]);
+                  busy->counters.at("cpu_percent"), busy->counters.at("rss_mib"), 64.0 + 400 * 0.25);
+      if (idle != nullptr && idle->counters.at("cpu_percent") > 0) {
+        std::printf(", %.1fx the idle agent", busy->counters.at("cpu_percent") / idle->counters.at("cpu_percent"));
+      }
       std::printf("\n");
     }
   }
-
- private:
-  std::map<int, double> cpu_, rss_;
 };
 
 }  // namespace

@@ -40,6 +40,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include "bench/median_reporter.hpp"
 #include "collectors/kernel/bpf_probes.hpp"
 
 namespace {
@@ -124,18 +125,6 @@ void Send64(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * 64);
 }
 BENCHMARK(Send64)->ArgName("probes")->Arg(0)->Arg(1)->Arg(2);
-
-// Keeps the median of each Write64 variant to print their ratio.
-class RatioReporter : public benchmark::ConsoleReporter {
- public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    for (const Run& run : runs) {
-      if (run.aggregate_name == "median") medians_[run.run_name.str()] = run.GetAdjustedCPUTime();
-    }
-    ConsoleReporter::ReportRuns(runs);
-  }
-  std::map<std::string, double> medians_;
-};
 
 std::uint64_t cpu_ticks_of(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
@@ -232,19 +221,19 @@ int main(int argc, char** argv) {
   args.insert(args.begin() + 1, {repetitions.data(), interleave.data(), min_time.data(), aggregates.data()});
   int count = static_cast<int>(args.size());
   benchmark::Initialize(&count, args.data());
-  RatioReporter reporter;
+  tally::bench::MedianReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
   set_probes(0);
 
   std::printf("\nCPU-time medians, attached / detached:\n");
   for (const char* name : {"Write64", "Send64"}) {
-    const auto detached = reporter.medians_.find(std::string(name) + "/probes:0");
-    if (detached == reporter.medians_.end()) continue;
+    const auto detached = reporter.medians().find(std::string(name) + "/probes:0");
+    if (detached == reporter.medians().end()) continue;
     for (const auto& [mode, label] : {std::pair{1, "attached"}, std::pair{2, "sys_exit fallback"}}) {
-      const auto attached = reporter.medians_.find(std::string(name) + "/probes:" + std::to_string(mode));
-      if (attached == reporter.medians_.end()) continue;
-      std::printf("%s: detached %.1f ns, %s %.1f ns, ratio %.3f%s\n", name, detached->second, label,
-                  attached->second, attached->second / detached->second,
+      const auto attached = reporter.medians().find(std::string(name) + "/probes:" + std::to_string(mode));
+      if (attached == reporter.medians().end()) continue;
+      const double before = detached->second.cpu_ns, after = attached->second.cpu_ns;
+      std::printf("%s: detached %.1f ns, %s %.1f ns, ratio %.3f%s\n", name, before, label, after, after / before,
                   std::string(name) == "Write64" && mode == 1 ? " (target <= 1.15)" : "");
     }
   }

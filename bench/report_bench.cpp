@@ -18,6 +18,7 @@
 
 #include "agent/feed/usage_report.hpp"
 #include "agent/ledger/ledger.hpp"
+#include "bench/median_reporter.hpp"
 #include "tally/v1/feed.pb.h"
 
 namespace {
@@ -120,33 +121,22 @@ void BM_ProtobufSerialize(benchmark::State& state) {
 }
 BENCHMARK(BM_ProtobufSerialize)->Unit(benchmark::kMillisecond);
 
-// Prints each benchmark's median (or mean, without repetitions) and its ratio to the baseline.
-class Summary : public benchmark::ConsoleReporter {
+// Prints each benchmark's median and its ratio to the baseline.
+class Summary : public bench::MedianReporter {
  public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& run : runs) {
-      const bool aggregate = run.run_type == Run::RT_Aggregate;
-      if (aggregate && run.aggregate_name != "median") continue;
-      if (!aggregate && run.repetitions > 1) continue;
-      times_[run.run_name.function_name + (run.run_name.args.empty() ? "" : "/" + run.run_name.args)] =
-          run.GetAdjustedRealTime();
-    }
-  }
   void Finalize() override {
-    ConsoleReporter::Finalize();
-    const auto base = times_.find("BM_ProtobufSerialize");
+    MedianReporter::Finalize();
+    const bench::Median* base = find("BM_ProtobufSerialize");
     std::printf("\nreport path, %d workloads x %d label sets x %d counters (target: under 5 ms per report)\n",
                 kWorkloads, kLabelSets, kCounters);
-    for (const auto& [name, ms] : times_) {
-      std::printf("  %-28s %8.3f ms", name.c_str(), ms);
-      if (base != times_.end() && name != base->first) std::printf("   %.2fx protobuf's own serialization", ms / base->second);
+    for (const auto& [name, median] : medians()) {
+      std::printf("  %-28s %8.3f ms", name.c_str(), median.real_ns / 1e6);
+      if (base != nullptr && &median != base) {
+        std::printf("   %.2fx protobuf's own serialization", median.real_ns / base->real_ns);
+      }
       std::printf("\n");
     }
   }
-
- private:
-  std::map<std::string, double> times_;
 };
 
 }  // namespace

@@ -1,22 +1,13 @@
 #include "agent/base/fs_root.hpp"
 
 #include "agent/base/files.hpp"
+#include "agent/base/text.hpp"
 
 #include <algorithm>
 #include <charconv>
 #include <system_error>
 
 namespace tally {
-namespace {
-
-std::string_view trim(std::string_view text) {
-  const auto first = text.find_first_not_of(" \t\r\n");
-  if (first == std::string_view::npos) return {};
-  const auto last = text.find_last_not_of(" \t\r\n");
-  return text.substr(first, last - first + 1);
-}
-
-}  // namespace
 
 std::filesystem::path FsRoot::path(std::string_view relative) const {
   while (!relative.empty() && relative.front() == '/') relative.remove_prefix(1);

@@ -12,4 +12,11 @@ std::string printable_ascii(std::string_view text, std::size_t max_bytes) {
   return out;
 }
 
+std::string_view trim(std::string_view text) {
+  const auto first = text.find_first_not_of(" \t\r\n");
+  if (first == std::string_view::npos) return {};
+  const auto last = text.find_last_not_of(" \t\r\n");
+  return text.substr(first, last - first + 1);
+}
+
 }  // namespace tally

@@ -3,58 +3,20 @@
 #include <pthread.h>
 #include <sys/eventfd.h>
 
-#include <csignal>
-
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <unordered_map>
 
 #include "agent/base/clock.hpp"
 #include "agent/base/files.hpp"
+#include "agent/ledger/value_wire.hpp"
 #include "tally/v1/checkpoint.pb.h"
 
 namespace tally::agent {
 namespace {
 
 constexpr std::uint32_t kCheckpointVersion = 2;  // 1 was metering.json, before the ledger
-
-v1::ValueSource to_wire(ledger::Source source) {
-  switch (source) {
-    case ledger::Source::client: return v1::VALUE_SOURCE_CLIENT;
-    case ledger::Source::kernel_probes: return v1::VALUE_SOURCE_KERNEL_PROBES;
-    case ledger::Source::proc_sampling: return v1::VALUE_SOURCE_PROC_SAMPLING;
-    case ledger::Source::nvml: return v1::VALUE_SOURCE_NVML;
-  }
-  return v1::VALUE_SOURCE_UNSPECIFIED;
-}
-
-std::optional<ledger::Source> from_wire(v1::ValueSource source) {
-  switch (source) {
-    case v1::VALUE_SOURCE_CLIENT: return ledger::Source::client;
-    case v1::VALUE_SOURCE_KERNEL_PROBES: return ledger::Source::kernel_probes;
-    case v1::VALUE_SOURCE_PROC_SAMPLING: return ledger::Source::proc_sampling;
-    case v1::VALUE_SOURCE_NVML: return ledger::Source::nvml;
-    default: return std::nullopt;
-  }
-}
-
-v1::ValueKind to_wire(ledger::Kind kind) {
-  switch (kind) {
-    case ledger::Kind::measured: return v1::VALUE_KIND_MEASURED;
-    case ledger::Kind::apportioned: return v1::VALUE_KIND_APPORTIONED;
-    case ledger::Kind::estimated: return v1::VALUE_KIND_ESTIMATED;
-  }
-  return v1::VALUE_KIND_UNSPECIFIED;
-}
-
-std::optional<ledger::Kind> from_wire(v1::ValueKind kind) {
-  switch (kind) {
-    case v1::VALUE_KIND_MEASURED: return ledger::Kind::measured;
-    case v1::VALUE_KIND_APPORTIONED: return ledger::Kind::apportioned;
-    case v1::VALUE_KIND_ESTIMATED: return ledger::Kind::estimated;
-    default: return std::nullopt;
-  }
-}
 
 }  // namespace
 
@@ -82,8 +44,8 @@ std::string save_checkpoint(const ledger::Ledger& ledger) {
         const ledger::CounterKey& key = ledger.key(counter.id);
         v1::CheckpointCounter& c = *l.add_counters();
         c.set_name(key.name);
-        c.set_source(to_wire(key.source));
-        c.set_kind(to_wire(key.kind));
+        c.set_source(ledger::to_wire(key.source));
+        c.set_kind(ledger::to_wire(key.kind));
         c.set_total(counter.total);
         c.set_reported(counter.reported);
       }
@@ -93,7 +55,7 @@ std::string save_checkpoint(const ledger::Ledger& ledger) {
     v1::CheckpointContributor& c = *checkpoint.add_contributors();
     c.set_key(key);
     c.set_workload(workload_index.at(&contributor->workload()));
-    c.set_source(to_wire(contributor->source()));
+    c.set_source(ledger::to_wire(contributor->source()));
     for (const ledger::Contributor::Cell& cell : contributor->cells()) {
       if (cell.gauge) continue;  // a level, re-read from the source: nothing to continue from
       v1::CheckpointCell& out = *c.add_cells();
@@ -124,13 +86,13 @@ Result<void> restore_checkpoint(ledger::Ledger& ledger, std::string_view bytes, 
     if (w.id().empty() || !workload_kind_from_string(w.kind())) return corrupt("a workload without id or kind");
     for (const auto& l : w.label_sets()) {
       for (const auto& c : l.counters()) {
-        if (c.name().empty() || !from_wire(c.source()) || !from_wire(c.kind())) return corrupt("a malformed counter");
+        if (c.name().empty() || !ledger::from_wire(c.source()) || !ledger::from_wire(c.kind())) return corrupt("a malformed counter");
       }
     }
   }
   for (const auto& c : checkpoint.contributors()) {
     if (c.key().empty() || c.workload() >= static_cast<std::uint32_t>(checkpoint.workloads_size()) ||
-        !from_wire(c.source())) {
+        !ledger::from_wire(c.source())) {
       return corrupt("a contributor without key, workload or source");
     }
     for (const auto& cell : c.cells()) {
@@ -163,14 +125,14 @@ Result<void> restore_checkpoint(ledger::Ledger& ledger, std::string_view bytes, 
       label_sets.back().push_back(&label_set);
       slots.back().emplace_back();
       for (const auto& c : l.counters()) {
-        const auto id = ledger.counter(c.name(), *from_wire(c.source()), *from_wire(c.kind()));
+        const auto id = ledger.counter(c.name(), *ledger::from_wire(c.source()), *ledger::from_wire(c.kind()));
         slots.back().back().push_back(ledger.restore_counter(label_set, id, c.total(), c.reported()));
       }
     }
   }
   for (const auto& c : checkpoint.contributors()) {
     ledger::Contributor& contributor =
-        ledger.restore_contributor(c.key(), *workloads[c.workload()], *from_wire(c.source()));
+        ledger.restore_contributor(c.key(), *workloads[c.workload()], *ledger::from_wire(c.source()));
     for (const auto& cell : c.cells()) {
       ledger.restore_cell(contributor, *label_sets[cell.workload()][cell.label_set()],
                           slots[cell.workload()][cell.label_set()][cell.counter()], cell.last());

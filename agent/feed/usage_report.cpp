@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "agent/feed/wire.hpp"
+#include "agent/ledger/value_wire.hpp"
 #include "tally/v1/usage.pb.h"
 
 namespace tally::agent {
@@ -27,25 +28,6 @@ constexpr std::uint32_t kTailHistogram = 1, kTailP50 = 2, kTailP95 = 3, kTailP99
 constexpr std::uint32_t kHistScale = 1, kHistCount = 2, kHistSum = 3, kHistZero = 4, kHistOffset = 5,
                         kHistBuckets = 6, kHistMin = 7, kHistMax = 8;
 }  // namespace field
-
-v1::ValueSource wire_source(ledger::Source source) {
-  switch (source) {
-    case ledger::Source::client: return v1::VALUE_SOURCE_CLIENT;
-    case ledger::Source::kernel_probes: return v1::VALUE_SOURCE_KERNEL_PROBES;
-    case ledger::Source::proc_sampling: return v1::VALUE_SOURCE_PROC_SAMPLING;
-    case ledger::Source::nvml: return v1::VALUE_SOURCE_NVML;
-  }
-  return v1::VALUE_SOURCE_UNSPECIFIED;
-}
-
-v1::ValueKind wire_kind(ledger::Kind kind) {
-  switch (kind) {
-    case ledger::Kind::measured: return v1::VALUE_KIND_MEASURED;
-    case ledger::Kind::apportioned: return v1::VALUE_KIND_APPORTIONED;
-    case ledger::Kind::estimated: return v1::VALUE_KIND_ESTIMATED;
-  }
-  return v1::VALUE_KIND_UNSPECIFIED;
-}
 
 // A Label or a map<string, string> entry.
 void put_pair(std::string& out, std::uint32_t field_number, std::string_view key, std::string_view value) {
@@ -88,8 +70,8 @@ const std::string& UsageReportEncoder::counter_prefix(const ledger::Ledger& ledg
   if (prefix.empty()) {
     const ledger::CounterKey& key = ledger.key(counter);
     wire::put_string(prefix, field::kTotalName, key.name);
-    wire::put_uint(prefix, field::kTotalKind, static_cast<std::uint64_t>(wire_kind(key.kind)));
-    wire::put_uint(prefix, field::kTotalSource, static_cast<std::uint64_t>(wire_source(key.source)));
+    wire::put_uint(prefix, field::kTotalKind, static_cast<std::uint64_t>(ledger::to_wire(key.kind)));
+    wire::put_uint(prefix, field::kTotalSource, static_cast<std::uint64_t>(ledger::to_wire(key.source)));
   }
   return prefix;
 }

@@ -2,18 +2,13 @@
 
 #include <fmt/format.h>
 
+#include "agent/base/text.hpp"
+
 #include <algorithm>
 #include <charconv>
 
 namespace tally::collectors {
 namespace {
-
-std::string_view trim(std::string_view text) {
-  const auto first = text.find_first_not_of(" \t\r\n");
-  if (first == std::string_view::npos) return {};
-  const auto last = text.find_last_not_of(" \t\r\n");
-  return text.substr(first, last - first + 1);
-}
 
 std::optional<std::uint32_t> to_u32(std::string_view text, int base = 10) {
   std::uint32_t value = 0;

@@ -3,6 +3,7 @@
 // process p under seed s is a pure function of (s, p, t, i), so a test knows every value written, exactly.
 
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include "tally/client.h"
@@ -39,6 +40,19 @@ inline GeneratedRequest generate(std::uint64_t seed, std::uint32_t process, std:
   g.request.status = (r2 >> 60) == 0 ? 1u : 0u;  // 1 in 16 fails
   g.widgets = (r >> 30) % 7;
   return g;
+}
+
+// What the writer helper (shm_test_writer) adds to a label set's counters for one generated request: tally_record
+// of the request, half its input tokens as cached, and the user-named counter "widgets".
+inline void add_written_counters(const GeneratedRequest& g, std::map<std::string, std::uint64_t>& counters) {
+  counters["tokens_in"] += g.request.tokens_in;
+  counters["tokens_out"] += g.request.tokens_out;
+  counters["requests"] += 1;
+  counters["errors"] += g.request.status != 0 ? 1 : 0;
+  counters["gpu_time_ns"] += g.request.gpu_time_ns;
+  counters["tool_calls"] += g.request.tool_calls;
+  counters["cached_tokens"] += g.request.tokens_in / 2;
+  counters["widgets"] += g.widgets;
 }
 
 inline std::string label_text(std::uint32_t label_index) {

@@ -41,15 +41,7 @@ Totals expected_totals() {
     for (std::uint32_t t = 0; t < kThreads; ++t) {
       for (std::uint64_t i = 0; i < iterations_of(p); ++i) {
         const auto g = generate(kSeed, p, t, i, kLabels);
-        auto& c = totals[label_text(g.label_index)];
-        c["tokens_in"] += g.request.tokens_in;
-        c["tokens_out"] += g.request.tokens_out;
-        c["requests"] += 1;
-        c["errors"] += g.request.status != 0 ? 1 : 0;
-        c["gpu_time_ns"] += g.request.gpu_time_ns;
-        c["tool_calls"] += g.request.tool_calls;
-        c["cached_tokens"] += g.request.tokens_in / 2;
-        c["widgets"] += g.widgets;
+        add_written_counters(g, totals[label_text(g.label_index)]);
       }
     }
   }
