@@ -154,12 +154,14 @@ struct ThreadCache {
   const tally_client* client = &g_inert_client;
   std::uint64_t epoch = UINT64_MAX;
   std::uint32_t label_capacity = 0;
+  // Label indexes 1..fast_labels take the fast path: label_capacity - 1 on a slot of our own, 0 on the overflow
+  // shard, so that one range check also sends shared (atomic) updates to the slow path.
+  std::uint32_t fast_labels = 0;
   std::uint32_t lane_mask = 0;
   bool shared = false;  // overflow shard: atomic RMW
   std::uint64_t* counters = nullptr;
   fmt_ns::SlotHeader* slot = nullptr;
   fmt_ns::Record* records = nullptr;
-  std::uint64_t head = 0;         // our copy of slot->head (we are its only writer)
   std::uint64_t cached_tail = 0;  // last tail read from the agent's line
   std::uint32_t idle_calls = 0;   // calls made while unattached, to rate-limit re-checks without a clock
 };
@@ -399,26 +401,87 @@ SlotView take_slot(tally_client* c, std::uint64_t epoch) {
   tc.label_capacity = c->label_capacity;
   tc.lane_mask = c->lane_records - 1;
   tc.shared = view.slot == nullptr;
+  tc.fast_labels = tc.shared ? 0 : c->label_capacity - 1;
   tc.counters = view.counters;
   tc.slot = view.slot;
   tc.records = view.records;
-  tc.head = view.slot ? load_relaxed(view.slot->head) : 0;
   tc.cached_tail = view.slot ? load_acquire(view.slot->tail) : 0;
   return true;
 }
 
+inline bool cache_is_for(const ThreadCache& tc, const tally_client* c) {
+  return tc.client == c && tc.epoch == c->epoch.load(std::memory_order_acquire);
+}
+
 inline bool cache_for(ThreadCache& tc, tally_client* c) {
-  if (tc.client == c && tc.epoch == c->epoch.load(std::memory_order_acquire)) [[likely]] return true;
+  if (cache_is_for(tc, c)) [[likely]] return true;
   return refresh(tc, c);
 }
 
-inline void bump(ThreadCache& tc, std::uint64_t* cell, std::uint64_t value) {
-  if (tc.shared) [[unlikely]] {
-    std::atomic_ref<std::uint64_t>(*cell).fetch_add(value, std::memory_order_relaxed);
-  } else {
-    // Single writer: a plain load and store, no lock prefix.
-    store_relaxed(*cell, load_relaxed(*cell) + value);
+// What tally_record adds to a label set's counters, through `add` (a plain or an atomic add).
+template <class Add>
+inline void add_request_counters(std::uint64_t* cells, const tally_request& r, Add add) {
+  add(cells + TALLY_TOKENS_IN, r.tokens_in);
+  add(cells + TALLY_TOKENS_OUT, r.tokens_out);
+  add(cells + TALLY_REQUESTS, 1);
+  add(cells + TALLY_ERRORS, r.status != 0 ? 1 : 0);
+  add(cells + TALLY_GPU_TIME_NS, r.gpu_time_ns);
+  add(cells + TALLY_TOOL_CALLS, r.tool_calls);
+}
+
+// A cell of our own slot has one writer: a plain load and store, no lock prefix.
+inline void add_owned(std::uint64_t* cell, std::uint64_t value) { store_relaxed(*cell, load_relaxed(*cell) + value); }
+
+// A cell of the overflow shard, which threads without a slot share.
+void add_shared(std::uint64_t* cell, std::uint64_t value) {
+  std::atomic_ref<std::uint64_t>(*cell).fetch_add(value, std::memory_order_relaxed);
+}
+
+// Appends the request to this thread's lane, or counts it dropped when the agent has not kept up.
+[[gnu::always_inline]] inline void append_record(ThreadCache& tc, std::uint32_t labels, const tally_request& r) {
+  const std::uint64_t head = load_relaxed(tc.slot->head);  // we are its only writer: no copy to keep in step
+  if (head - tc.cached_tail > tc.lane_mask) [[unlikely]] {
+    tc.cached_tail = load_acquire(tc.slot->tail);  // the agent's line: read only when we look full
+    if (head - tc.cached_tail > tc.lane_mask) {
+      store_relaxed(tc.slot->dropped, load_relaxed(tc.slot->dropped) + 1);
+      return;
+    }
   }
+  fmt_ns::Record& rec = tc.records[head & tc.lane_mask];
+  store_relaxed(rec.labels, labels);
+  store_relaxed(rec.status, r.status);
+  store_relaxed(rec.tool_calls, r.tool_calls);
+  store_relaxed(rec.tokens_in, r.tokens_in);
+  store_relaxed(rec.tokens_out, r.tokens_out);
+  store_relaxed(rec.ttft_ns, r.ttft_ns);
+  store_relaxed(rec.duration_ns, r.duration_ns);
+  store_relaxed(rec.gpu_time_ns, r.gpu_time_ns);
+  store_release(rec.commit, static_cast<std::uint32_t>(head + 1));
+  store_release(tc.slot->head, head + 1);
+}
+
+// The slow paths: a thread's first call, a re-attach, the overflow shard (atomic adds) and bad arguments.
+[[gnu::noinline]] void add_slow(tally_client* c, std::uint32_t labels, tally_counter counter, std::uint64_t value) {
+  ThreadCache& tc = t_cache;
+  if (!cache_for(tc, c)) return;
+  if (labels - 1 >= tc.label_capacity - 1 || static_cast<std::uint32_t>(counter) >= fmt_ns::kCounterCount) return;
+  std::uint64_t* cell = tc.counters + std::size_t{labels} * fmt_ns::kCounterCount + counter;
+  tc.shared ? add_shared(cell, value) : add_owned(cell, value);
+}
+
+[[gnu::noinline]] void record_slow(tally_client* c, std::uint32_t labels, const tally_request* r) {
+  ThreadCache& tc = t_cache;
+  if (r == nullptr || !cache_for(tc, c)) return;
+  if (labels - 1 >= tc.label_capacity - 1) return;
+  const tally_request request = *r;
+  std::uint64_t* cells = tc.counters + std::size_t{labels} * fmt_ns::kCounterCount;
+  if (tc.shared) {
+    add_request_counters(cells, request, add_shared);
+    std::atomic_ref<std::uint64_t>(c->header->overflow_dropped).fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  add_request_counters(cells, request, add_owned);
+  append_record(tc, labels, request);
 }
 
 }  // namespace
@@ -509,9 +572,11 @@ tally_counter tally_register_counter(tally_client* c, const char* name) {
 
 void tally_add(tally_client* c, uint32_t labels, tally_counter counter, uint64_t value) {
   ThreadCache& tc = t_cache;
-  if (!cache_for(tc, c)) return;
-  if (labels - 1 >= tc.label_capacity - 1 || static_cast<std::uint32_t>(counter) >= fmt_ns::kCounterCount) return;
-  bump(tc, tc.counters + std::size_t{labels} * fmt_ns::kCounterCount + counter, value);
+  if (!cache_is_for(tc, c) || labels - 1 >= tc.fast_labels || static_cast<std::uint32_t>(counter) >= fmt_ns::kCounterCount)
+      [[unlikely]] {
+    return add_slow(c, labels, counter, value);  // a tail call: the fast path saves no registers
+  }
+  add_owned(tc.counters + std::size_t{labels} * fmt_ns::kCounterCount + counter, value);
 }
 
 void tally_set(tally_client* c, uint32_t labels, tally_gauge gauge, uint64_t value) {
@@ -523,39 +588,12 @@ void tally_set(tally_client* c, uint32_t labels, tally_gauge gauge, uint64_t val
 
 void tally_record(tally_client* c, uint32_t labels, const tally_request* r) {
   ThreadCache& tc = t_cache;
-  if (r == nullptr || !cache_for(tc, c)) return;
-  if (labels - 1 >= tc.label_capacity - 1) return;
+  if (r == nullptr || !cache_is_for(tc, c) || labels - 1 >= tc.fast_labels) [[unlikely]] {
+    return record_slow(c, labels, r);
+  }
   std::uint64_t* cells = tc.counters + std::size_t{labels} * fmt_ns::kCounterCount;
-  bump(tc, cells + TALLY_TOKENS_IN, r->tokens_in);
-  bump(tc, cells + TALLY_TOKENS_OUT, r->tokens_out);
-  bump(tc, cells + TALLY_REQUESTS, 1);
-  bump(tc, cells + TALLY_ERRORS, r->status != 0 ? 1 : 0);
-  bump(tc, cells + TALLY_GPU_TIME_NS, r->gpu_time_ns);
-  bump(tc, cells + TALLY_TOOL_CALLS, r->tool_calls);
-  if (tc.shared) [[unlikely]] {
-    std::atomic_ref<std::uint64_t>(c->header->overflow_dropped).fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
-  const std::uint64_t head = tc.head;
-  if (head - tc.cached_tail > tc.lane_mask) {
-    tc.cached_tail = load_acquire(tc.slot->tail);  // the agent's line: read only when we look full
-    if (head - tc.cached_tail > tc.lane_mask) {
-      store_relaxed(tc.slot->dropped, load_relaxed(tc.slot->dropped) + 1);
-      return;
-    }
-  }
-  fmt_ns::Record& rec = tc.records[head & tc.lane_mask];
-  store_relaxed(rec.labels, labels);
-  store_relaxed(rec.status, r->status);
-  store_relaxed(rec.tool_calls, r->tool_calls);
-  store_relaxed(rec.tokens_in, r->tokens_in);
-  store_relaxed(rec.tokens_out, r->tokens_out);
-  store_relaxed(rec.ttft_ns, r->ttft_ns);
-  store_relaxed(rec.duration_ns, r->duration_ns);
-  store_relaxed(rec.gpu_time_ns, r->gpu_time_ns);
-  store_release(rec.commit, static_cast<std::uint32_t>(head + 1));
-  tc.head = head + 1;
-  store_release(tc.slot->head, head + 1);
+  add_request_counters(cells, *r, add_owned);
+  append_record(tc, labels, *r);
 }
 
 tally_admission tally_admit(tally_client* c, uint32_t labels) {
