@@ -20,6 +20,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "agent/base/result.hpp"
 #include "agent/base/unique_fd.hpp"
@@ -27,7 +28,28 @@
 
 namespace tally::agent {
 
-// The ledger's state as the bytes of a tally.v1.LedgerCheckpoint.
+// Encodes the ledger's state as the bytes of a tally.v1.LedgerCheckpoint, by hand (agent/base/protobuf_wire.hpp),
+// keeping each workload's bytes until it changes: a checkpoint costs what changed since the last one plus a copy,
+// not a walk over every counter (a node of 1,000 workloads x 16 label sets is ~100 ms through protobuf's classes).
+// One encoder serves one ledger.
+class CheckpointEncoder {
+ public:
+  std::string encode(const ledger::Ledger& ledger, std::uint64_t written_unix_ns);
+
+ private:
+  struct WorkloadBytes {
+    std::uint64_t serial = 0;           // tells a reused slot from the workload that had it
+    std::uint64_t content_version = 0;  // Workload::content_version when the bytes were made
+    bool valid = false;
+    std::string bytes;                  // a CheckpointWorkload, tag and length included
+  };
+  void encode_workload(const ledger::Ledger& ledger, const ledger::Workload& workload, std::string& out);
+
+  std::vector<WorkloadBytes> workloads_;      // by Workload::slot
+  std::vector<std::uint32_t> label_set_index_;  // by LabelSet::slot: its index in its workload's message
+};
+
+// The same, with an encoder of its own and the time now (tests, tools).
 std::string save_checkpoint(const ledger::Ledger& ledger);
 // Loads those bytes into an empty ledger: totals, what was reported, contributors (unclaimed until their sources
 // re-attach them) and retired contributors. An Error says what is wrong (and loads nothing).

@@ -7,7 +7,7 @@
 
 #include "agent/base/clock.hpp"
 #include "agent/base/version.hpp"
-#include "agent/feed/wire.hpp"
+#include "agent/base/protobuf_wire.hpp"
 
 namespace tally::agent {
 namespace {

@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-#include "agent/feed/wire.hpp"
+#include "agent/base/protobuf_wire.hpp"
 #include "agent/ledger/value_wire.hpp"
 #include "tally/v1/usage.pb.h"
 

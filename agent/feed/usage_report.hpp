@@ -2,7 +2,7 @@
 // The ledger as a tally.v1.UsageReport: every workload and label set that changed since the last report, or all of
 // them for a snapshot, each counter with its cumulative total, its delta, its kind and its source.
 //
-// Encoded by hand (agent/feed/wire.hpp), not through protobuf's message classes, so that a report costs what
+// Encoded by hand (agent/base/protobuf_wire.hpp), not through protobuf's message classes, so that a report costs what
 // changed: each label set's bytes are kept between reports and an unchanged one is copied, not rebuilt. A node with
 // 1,000 workloads x 16 label sets reports in a few milliseconds (bench/report_bench.cpp). Whatever reads the feed
 // parses these bytes with protobuf, as it parses every other message.

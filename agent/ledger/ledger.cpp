@@ -1,6 +1,7 @@
 #include "agent/ledger/ledger.hpp"
 
 #include <algorithm>
+#include <cassert>
 
 #include "agent/base/clock.hpp"
 
@@ -64,6 +65,18 @@ void Ledger::mark_changed(Workload& workload) {
     workload.changed = true;
     changed_.push_back(&workload);
   }
+}
+
+void Ledger::contributors_changed(Workload& workload) {
+  ++generation_;
+  ++workload.content_version;
+}
+
+void Ledger::erase_contributor(Contributor& contributor) {
+  Workload& workload = *contributor.workload_;
+  std::erase(workload.contributors, &contributor);
+  contributors_changed(workload);
+  contributors_.erase(contributor.key_);  // destroys `contributor`
 }
 
 void Ledger::touch(Workload& workload) {
@@ -160,6 +173,8 @@ Contributor& Ledger::contributor(std::string_view key, Workload& workload, Sourc
     it->second->key_ = std::string(key);
     it->second->workload_ = &workload;
     it->second->source_ = source;
+    workload.contributors.push_back(it->second.get());
+    contributors_changed(workload);
   }
   Contributor& c = *it->second;
   if (!c.claimed_) {
@@ -193,6 +208,7 @@ std::uint32_t Ledger::gauge_slot(LabelSet& label_set, CounterId counter) {
 }
 
 CellRef Ledger::cell(Contributor& contributor, LabelSet& label_set, CounterId counter) {
+  assert(label_set.workload == contributor.workload_ && "a contributor reports for its own workload only");
   const bool gauge = keys_[counter].gauge;
   const std::uint32_t slot = gauge ? gauge_slot(label_set, counter) : counter_slot(label_set, counter);
   for (std::uint32_t i = 0; i < contributor.cells_.size(); ++i) {
@@ -200,6 +216,7 @@ CellRef Ledger::cell(Contributor& contributor, LabelSet& label_set, CounterId co
     if (c.label_set == &label_set && c.slot == slot && c.gauge == gauge) return i;
   }
   contributor.cells_.push_back(Contributor::Cell{&label_set, slot, gauge, 0});
+  contributors_changed(*contributor.workload_);
   return static_cast<CellRef>(contributor.cells_.size() - 1);
 }
 
@@ -227,13 +244,15 @@ void Ledger::retire(Contributor& contributor) {
   }
   if (contributor.claimed_) set_live(*contributor.workload_, contributor.source_, -1);
   retired_.insert(contributor.key_);
-  contributors_.erase(contributor.key_);  // destroys `contributor`
+  erase_contributor(contributor);
 }
 
 void Ledger::drop_unclaimed_contributors() {
-  for (auto it = contributors_.begin(); it != contributors_.end();) {
-    it = it->second->claimed_ ? std::next(it) : contributors_.erase(it);
+  std::vector<Contributor*> unclaimed;
+  for (const auto& [key, contributor] : contributors_) {
+    if (!contributor->claimed_) unclaimed.push_back(contributor.get());
   }
+  for (Contributor* contributor : unclaimed) erase_contributor(*contributor);
 }
 
 void Ledger::add(LabelSet& label_set, CounterId counter, std::uint64_t amount) {
@@ -271,9 +290,7 @@ std::size_t Ledger::expire(std::uint64_t now_unix_ns, std::uint64_t retention_ns
       continue;
     }
     // Contributors restored for it but never claimed go with it.
-    for (auto c = contributors_.begin(); c != contributors_.end();) {
-      c = &c->second->workload() == &w ? contributors_.erase(c) : std::next(c);
-    }
+    for (const Contributor* contributor : w.contributors) contributors_.erase(contributor->key_);
     for (const auto& [text, label_set] : w.label_sets) label_set_slots_.give_back(label_set->slot);
     workload_slots_.give_back(w.slot);
     it = workloads_.erase(it);
@@ -301,18 +318,22 @@ std::uint32_t Ledger::restore_counter(LabelSet& label_set, CounterId counter, st
 }
 
 Contributor& Ledger::restore_contributor(std::string_view key, Workload& workload, Source source) {
+  if (Contributor* twice = find_contributor(key)) erase_contributor(*twice);  // the last one saved wins
   auto made = std::make_unique<Contributor>();
   made->key_ = std::string(key);
   made->workload_ = &workload;
   made->source_ = source;
   Contributor& c = *made;
   contributors_[std::string(key)] = std::move(made);
+  workload.contributors.push_back(&c);
+  contributors_changed(workload);
   return c;
 }
 
 void Ledger::restore_cell(Contributor& contributor, LabelSet& label_set, std::uint32_t slot, std::uint64_t last) {
-  if (slot >= label_set.counters.size()) return;
+  if (slot >= label_set.counters.size() || label_set.workload != contributor.workload_) return;
   contributor.cells_.push_back(Contributor::Cell{&label_set, slot, false, last});
+  contributors_changed(*contributor.workload_);
 }
 
 }  // namespace tally::ledger

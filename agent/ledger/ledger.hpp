@@ -102,6 +102,8 @@ struct Quarantine {
   std::uint64_t unix_ns = 0;
 };
 
+class Contributor;
+
 struct Workload {
   WorkloadIdentity identity;
   std::uint64_t serial = 0;
@@ -112,8 +114,9 @@ struct Workload {
   std::array<std::uint32_t, kSourceCount> live{};  // live contributors per source
   std::uint64_t exited_unix_ns = 0;              // when the last contributor went; 0 while one lives
   std::unordered_map<std::string, std::unique_ptr<LabelSet>> label_sets;  // by text
+  std::vector<Contributor*> contributors;        // those that report for it (owned by the Ledger)
   std::uint64_t version = 0;  // bumped when its identity, names, pids, quarantines or liveness change
-  std::uint64_t content_version = 0;  // bumped by any change of it or of its label sets
+  std::uint64_t content_version = 0;  // bumped by any change of it, its label sets or its contributors
   bool changed = false;       // it, or one of its label sets, changed since the last report
   std::vector<LabelSet*> changed_label_sets;
   bool exited() const;
@@ -174,7 +177,8 @@ class Ledger {
   // keep their last values). Keys are unique across sources (e.g. "shm:<segment>", "kernel:<epoch>:<key>").
   Contributor& contributor(std::string_view key, Workload& workload, Source source);
   Contributor* find_contributor(std::string_view key);
-  // The cell of `contributor` for `counter` under `label_set` (made on first use, with last value 0).
+  // The cell of `contributor` for `counter` under `label_set`, a label set of the contributor's own workload (made
+  // on first use, with last value 0).
   CellRef cell(Contributor& contributor, LabelSet& label_set, CounterId counter);
   // A new cumulative value for a cell: a counter grows by what is new since the cell's last value (a value below
   // it means the contributor's count restarted, and all of it is new); a gauge takes this contributor's share.
@@ -227,6 +231,8 @@ class Ledger {
   void touch(Workload& workload);   // its identity, names, pids, quarantines or liveness changed
   void mark_changed(Workload& workload);
   void set_live(Workload& workload, Source source, int change);
+  void contributors_changed(Workload& workload);  // a contributor or a cell came or went: the checkpoint's concern
+  void erase_contributor(Contributor& contributor);
 
   std::vector<CounterKey> keys_;
   std::map<CounterKey, CounterId, std::less<>> ids_;

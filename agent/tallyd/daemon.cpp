@@ -172,7 +172,7 @@ class Daemon {
     last_checkpoint_retired_ = ledger_.retired();
     checkpointed_generation_ = ledger_.generation();
     last_checkpoint_ = now;
-    std::string bytes = save_checkpoint(ledger_);
+    std::string bytes = checkpoint_encoder_.encode(ledger_, unix_time_ns());
     if (!final) {
       checkpoints_->submit(generation, std::move(bytes));
       return;
@@ -423,6 +423,7 @@ class Daemon {
     std::vector<std::string> retired;
   };
   std::unique_ptr<CheckpointWriter> checkpoints_;
+  CheckpointEncoder checkpoint_encoder_;
   EventSource checkpoint_io_;
   std::deque<Retired> waiting_for_checkpoint_;
   std::set<std::string> last_checkpoint_retired_;

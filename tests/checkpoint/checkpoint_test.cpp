@@ -3,7 +3,12 @@
 // aside; the writer thread makes each checkpoint durable off the caller's thread.
 #include "agent/checkpoint/checkpoint.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+
+#include <array>
+#include <map>
+#include <random>
 
 #include "agent/base/files.hpp"
 #include "tests/support/deadline.hpp"
@@ -79,24 +84,97 @@ TEST(Checkpoint, CorruptBytesLoadNothingAndSayWhy) {
   ASSERT_FALSE(garbage);
   EXPECT_NE(garbage.error().message.find("state"), std::string::npos);
 
-  v1::LedgerCheckpoint bad;
-  bad.set_version(2);
-  auto* w = bad.add_workloads();
-  w->set_id("systemd:x.service");
-  w->set_kind("systemd_unit");
-  auto* c = bad.add_contributors();
-  c->set_key("shm:x");
-  c->set_source(v1::VALUE_SOURCE_CLIENT);
-  c->add_cells()->set_label_set(5);  // out of range
+  v1::LedgerCheckpoint good;
+  ASSERT_TRUE(good.ParseFromString(save_checkpoint(Filled().ledger)));
+  ASSERT_EQ(good.workloads_size(), 2);
+  if (good.workloads(0).contributors().empty()) good.mutable_workloads()->SwapElements(0, 1);
+  ASSERT_GT(good.workloads(0).contributors_size(), 0);
+
+  v1::LedgerCheckpoint bad = good;
+  bad.mutable_workloads(0)->mutable_contributors(0)->add_cells()->set_label_set(5);  // out of range
   auto out_of_range = restore_checkpoint(ledger, bad.SerializeAsString(), "state");
   ASSERT_FALSE(out_of_range);
-  EXPECT_NE(out_of_range.error().message.find("corrupt"), std::string::npos) << out_of_range.error().message;
+  EXPECT_NE(out_of_range.error().message.find("corrupt checkpoint: a cell's label set"), std::string::npos)
+      << out_of_range.error().message;
   EXPECT_TRUE(ledger.workloads().empty()) << "checked whole before anything is loaded";
+
+  bad = good;
+  *bad.mutable_workloads(1)->add_contributors() = good.workloads(0).contributors(0);
+  auto twice = restore_checkpoint(ledger, bad.SerializeAsString(), "state");
+  ASSERT_FALSE(twice);
+  EXPECT_NE(twice.error().message.find("a contributor saved twice"), std::string::npos) << twice.error().message;
+
+  bad = good;
+  *bad.add_workloads() = good.workloads(0);
+  auto workload_twice = restore_checkpoint(ledger, bad.SerializeAsString(), "state");
+  ASSERT_FALSE(workload_twice);
+  EXPECT_NE(workload_twice.error().message.find("a workload saved twice"), std::string::npos);
+  EXPECT_TRUE(ledger.workloads().empty());
 
   bad.set_version(99);
   auto version = restore_checkpoint(ledger, bad.SerializeAsString(), "state");
   ASSERT_FALSE(version);
   EXPECT_NE(version.error().message.find("version 99"), std::string::npos);
+}
+
+// Every counter's total and what was reported, by workload, label set and name.
+std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> totals_of(const ledger::Ledger& ledger) {
+  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> totals;
+  for (const auto& [id, workload] : ledger.workloads()) {
+    for (const auto& [text, label_set] : workload->label_sets) {
+      for (const ledger::Counter& c : label_set->counters) {
+        totals[id + "|" + text + "|" + ledger.key(c.id).name] = {c.total, c.reported};
+      }
+    }
+  }
+  return totals;
+}
+
+// The encoder keeps each workload's bytes between checkpoints: whatever happens to the ledger, what it writes is
+// byte for byte what a fresh encoder writes, and restores to the same ledger.
+TEST(CheckpointEncoder, KeptBytesAreNeverStale) {
+  ledger::Ledger ledger;
+  const auto tokens = ledger.counter("tokens_in", Source::client);
+  const auto requests = ledger.counter("requests", Source::client);
+  const auto io = ledger.counter("io_write_bytes", Source::kernel_probes);
+  CheckpointEncoder kept;
+  std::mt19937_64 random(7);
+  std::vector<std::string> live;  // contributor keys
+  int made = 0;
+  for (int step = 0; step < 3000; ++step) {
+    const auto pick = random() % 100;
+    if (pick < 8 || live.empty()) {  // a new contributor, maybe for a new workload
+      auto& w = ledger.workload(identify_cgroup(fmt::format("/system.slice/w{}.service", random() % 12)));
+      const std::string key = fmt::format("shm:{}", made++);
+      ledger.contributor(key, w, Source::client);
+      live.push_back(key);
+    } else if (pick < 70) {  // a contributor's counter grows, maybe under a new label set or counter
+      ledger::Contributor& c = *ledger.find_contributor(live[random() % live.size()]);
+      auto& ls = ledger.label_set(c.workload(), fmt::format("tenant=t{}", random() % 5));
+      const auto id = std::array{tokens, requests, io}[random() % 3];
+      const auto cell = ledger.cell(c, ls, id);
+      ledger.update(c, cell, c.cells()[cell].last + random() % 1000);
+    } else if (pick < 80) {
+      ledger.mark_reported();
+    } else if (pick < 85) {  // a contributor goes
+      const auto at = random() % live.size();
+      ledger.retire(*ledger.find_contributor(live[at]));
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(at));
+    } else if (pick < 88) {
+      ledger.expire(~0ULL, 0);  // workloads with nothing left go
+    } else if (pick < 92) {
+      ledger.add(ledger.label_set(ledger.workload(identify_cgroup("/system.slice/w0.service")), ""), io, 1);
+    } else if (pick < 94 && !ledger.retired().empty()) {
+      ledger.forget_retired(*ledger.retired().begin());
+    }
+    if (step % 7 != 0) continue;  // a checkpoint every few changes, as after reports
+    const std::string bytes = kept.encode(ledger, 42);
+    ASSERT_EQ(bytes, CheckpointEncoder().encode(ledger, 42)) << "step " << step;
+  }
+  ledger::Ledger back;
+  ASSERT_TRUE(restore_checkpoint(back, kept.encode(ledger, 42), "kept"));
+  EXPECT_EQ(totals_of(back), totals_of(ledger));
+  EXPECT_FALSE(totals_of(ledger).empty());
 }
 
 TEST(Checkpoint, ACorruptFileIsMovedAsideAndAMissingOneIsAFirstStart) {

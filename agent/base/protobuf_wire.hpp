@@ -1,6 +1,6 @@
 #pragma once
-// Protocol Buffers' binary encoding, for the parts of the feed written by hand (usage reports: docs/protocol.md
-// says why). Every writer omits a field at its proto3 default (0, false, ""), as protobuf itself does; messages are
+// Protocol Buffers' binary encoding, for the messages tally writes by hand because it keeps their bytes between
+// writes (usage reports, docs/protocol.md; the checkpoint, agent/checkpoint): a write costs what changed. Every writer omits a field at its proto3 default (0, false, ""), as protobuf itself does; messages are
 // written length-prefixed. The bytes are parsed by protobuf everywhere they are read, tests included.
 
 #include <cstdint>
@@ -8,7 +8,7 @@
 #include <string>
 #include <string_view>
 
-namespace tally::agent::wire {
+namespace tally::wire {
 
 enum class WireType : std::uint32_t { varint = 0, fixed64 = 1, length_delimited = 2 };
 
@@ -104,4 +104,4 @@ inline void end_message(std::string& out, std::size_t begun) {
   length[3] = static_cast<char>((size >> 21) & 0x7f);
 }
 
-}  // namespace tally::agent::wire
+}  // namespace tally::wire
