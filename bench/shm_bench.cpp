@@ -101,8 +101,8 @@ struct BenchAgent {
     auto* h = reinterpret_cast<shm::format::Header*>(segment.bytes().data());
     const std::uint32_t used = shm::format::load_acquire(h->slots_used);
     for (std::uint32_t s = 0; s < used; ++s) {
-      auto* slot = reinterpret_cast<shm::format::SlotHeader*>(segment.bytes().data() + h->slots_offset +
-                                                              std::uint64_t{s} * h->slot_stride);
+      const auto layout = shm::format::compute_layout(h->label_capacity, h->slot_count, h->lane_records, h->version);
+      auto* slot = reinterpret_cast<shm::format::SlotHeader*>(segment.bytes().data() + layout.slot_header(s));
       shm::format::store_release(slot->tail, shm::format::load_acquire(slot->head));
     }
   }
@@ -268,8 +268,8 @@ void BM_AgentDrain(benchmark::State& state) {
   }
   h->label_count = kLabels + 1;
   h->slots_used = 1;
-  auto* slot = reinterpret_cast<shm::format::SlotHeader*>(base + l.slots_offset);
-  auto* records = reinterpret_cast<shm::format::Record*>(base + l.slots_offset + l.records_in_slot);
+  auto* slot = reinterpret_cast<shm::format::SlotHeader*>(base + l.slot_header(0));
+  auto* records = reinterpret_cast<shm::format::Record*>(base + l.slot_records(0));
   auto reader = shm::SegmentReader::attach({base, l.segment_size});
   if (!reader) {
     state.SkipWithError(reader.error().message.c_str());

@@ -220,19 +220,21 @@ class Daemon {
   }
 
   void publish_usage(bool final) {
-    if (metering_) {
-      // Lanes first, then the counters: once writers stop, the report whose totals are complete also has every
-      // request in its tails (the drain timer may lag behind on a loaded machine; an empty drain costs little).
-      metering_->drain();
-      metering_->sync();
-    }
-    if (kernel_) kernel_usage_->record(kernel_->collect());
-    const std::uint64_t now = unix_time_ns();
-    ledger_.expire(now, std::uint64_t{config_.metering.retention_s} * 1'000'000'000ULL);
     const auto steady = std::chrono::steady_clock::now();
     const bool snapshot =
         final || reports_ == 0 || steady - last_snapshot_ >= milliseconds(config_.feed.snapshot_interval_ms);
     if (snapshot) last_snapshot_ = steady;
+    if (metering_) {
+      // Lanes first, then the counters: once writers stop, the report whose totals are complete also has every
+      // request in its tails (the drain timer may lag behind on a loaded machine; an empty drain costs little).
+      // Between snapshots only the segments where something moved are read: idle clients cost nothing.
+      metering_->drain();
+      metering_->sync(snapshot);
+      pace_draining();
+    }
+    if (kernel_) kernel_usage_->record(kernel_->collect());
+    const std::uint64_t now = unix_time_ns();
+    ledger_.expire(now, std::uint64_t{config_.metering.retention_s} * 1'000'000'000ULL);
     publisher_->publish(FeedKind::usage, encoder_.encode(ledger_, {interval_start_ns_, now, snapshot, final}));
     ledger_.mark_reported();
     interval_start_ns_ = now;
@@ -339,9 +341,14 @@ class Daemon {
       spdlog::error("metering off: {}", metering.error().message);
       return;
     }
-    auto io = loop_->add_io((*metering)->fd(), EPOLLIN, [this](std::uint32_t) { metering_->on_readable(); });
-    auto tick = loop_->add_periodic(milliseconds(config_.metering.drain_interval_ms), kDrainAccuracy,
-                                    [this] { metering_->drain(); });
+    auto io = loop_->add_io((*metering)->fd(), EPOLLIN, [this](std::uint32_t) {
+      metering_->on_readable();
+      pace_draining();
+    });
+    auto tick = loop_->add_periodic(milliseconds(config_.metering.drain_interval_ms), kDrainAccuracy, [this] {
+      metering_->drain(/*every=*/false);
+      pace_draining();
+    });
     if (!io || !tick) {
       spdlog::error("metering off: {}", !io ? io.error().message : tick.error().message);
       return;
@@ -349,6 +356,12 @@ class Daemon {
     metering_ = std::move(*metering);
     metering_io_ = std::move(*io);
     metering_timer_ = std::move(*tick);
+    pace_draining();
+  }
+
+  // The drain timer runs only while a segment is attached: an agent with no clients does not wake up for them.
+  void pace_draining() {
+    EventLoop::set_periodic_running(metering_timer_.get(), metering_->live_segments() > 0);
   }
 
   // ---- Life cycle --------------------------------------------------------------------------------------------

@@ -61,6 +61,19 @@ Result<EventSource> EventLoop::add_periodic(std::chrono::microseconds period, st
   return EventSource(source);
 }
 
+void EventLoop::set_periodic_running(sd_event_source* timer, bool running) {
+  if (!running) {
+    sd_event_source_set_enabled(timer, SD_EVENT_OFF);
+    return;
+  }
+  int enabled = SD_EVENT_OFF;
+  if (sd_event_source_get_enabled(timer, &enabled) >= 0 && enabled != SD_EVENT_OFF) return;
+  // From now, not from the last deadline: a paused timer does not fire a burst to catch up.
+  const auto* state = static_cast<const PeriodicState*>(sd_event_source_get_userdata(timer));
+  sd_event_source_set_time_relative(timer, state->period_us);
+  sd_event_source_set_enabled(timer, SD_EVENT_ON);
+}
+
 Result<EventSource> EventLoop::add_oneshot(std::chrono::microseconds accuracy, std::function<void()> callback) {
   auto* state = new std::function<void()>(std::move(callback));
   auto handler = [](sd_event_source*, std::uint64_t, void* userdata) -> int {

@@ -32,6 +32,9 @@ class EventLoop {
   Result<EventSource> add_periodic(std::chrono::microseconds period, std::chrono::microseconds accuracy,
                                    std::function<void()> callback);
 
+  // Pauses a periodic timer (no wake-ups at all) or resumes it, its next call one period from now.
+  static void set_periodic_running(sd_event_source* timer, bool running);
+
   // A one-shot timer, off until armed: arm_oneshot() makes it call `callback` once, `delay` from now (at most
   // `accuracy` late); arming it again before it fires pushes it back (so a burst of events gives one call).
   Result<EventSource> add_oneshot(std::chrono::microseconds accuracy, std::function<void()> callback);

@@ -215,7 +215,7 @@ bool map_reply_fds(tally_client* c, int segment_fd, int control_fd) {
     return false;
   }
   const fmt_ns::Layout layout = fmt_ns::compute_layout(header->label_capacity, header->slot_count,
-                                                       header->lane_records);
+                                                       header->lane_records, header->version);
   struct stat cst {};
   const std::uint64_t want_control = fmt_ns::control_size(header->label_capacity);
   if (::fstat(control_fd, &cst) != 0 || static_cast<std::uint64_t>(cst.st_size) < want_control) {
@@ -346,10 +346,9 @@ void maybe_attach(tally_client* c) {
 // Slots.
 
 SlotView slot_view(tally_client* c, std::uint32_t index) {
-  auto* base = c->segment + c->layout.slots_offset + std::uint64_t{index} * c->layout.slot_stride;
-  return {reinterpret_cast<fmt_ns::SlotHeader*>(base),
-          reinterpret_cast<std::uint64_t*>(base + c->layout.counters_in_slot),
-          reinterpret_cast<fmt_ns::Record*>(base + c->layout.records_in_slot)};
+  return {reinterpret_cast<fmt_ns::SlotHeader*>(c->segment + c->layout.slot_header(index)),
+          reinterpret_cast<std::uint64_t*>(c->segment + c->layout.slot_counters(index)),
+          reinterpret_cast<fmt_ns::Record*>(c->segment + c->layout.slot_records(index))};
 }
 
 SlotView take_slot(tally_client* c, std::uint64_t epoch) {

@@ -66,8 +66,9 @@ inline std::string header_problem(const Header& h, std::uint64_t file_size) {
   const std::uint64_t magic = load_relaxed(h.magic);
   if (magic != kMagic) return "bad magic " + hex64(magic);
   const std::uint32_t version = load_relaxed(h.version);
-  if (version != kVersion) {
-    return "unsupported segment version " + to_string(version) + " (this build reads " + to_string(kVersion) + ")";
+  if (version < kOldestVersion || version > kVersion) {
+    return "unsupported segment version " + to_string(version) + " (this build reads " + to_string(kOldestVersion) +
+           " to " + to_string(kVersion) + ")";
   }
   if (load_relaxed(h.header_size) != sizeof(Header)) return "bad header size " + to_string(load_relaxed(h.header_size));
   if (load_relaxed(h.counter_count) != kCounterCount || load_relaxed(h.gauge_count) != kGaugeCount ||
@@ -87,7 +88,7 @@ inline std::string header_problem(const Header& h, std::uint64_t file_size) {
     return "lane size " + to_string(records) + " is not a power of two in [" + to_string(kMinLaneRecords) + ", " +
            to_string(kMaxLaneRecords) + "]";
   }
-  const Layout layout = compute_layout(labels, slots, records);
+  const Layout layout = compute_layout(labels, slots, records, version);
   const std::uint64_t segment_size = load_relaxed(h.segment_size);
   if (segment_size != file_size || layout.segment_size != segment_size) {
     return "segment size " + to_string(segment_size) + " does not match the file (" + to_string(file_size) +
@@ -97,7 +98,8 @@ inline std::string header_problem(const Header& h, std::uint64_t file_size) {
       load_relaxed(h.gauges_offset) != layout.gauges_offset ||
       load_relaxed(h.overflow_offset) != layout.overflow_offset ||
       load_relaxed(h.budgets_offset) != layout.budgets_offset || load_relaxed(h.slots_offset) != layout.slots_offset ||
-      load_relaxed(h.slot_stride) != layout.slot_stride) {
+      load_relaxed(h.slot_stride) != layout.slot_stride ||
+      (version >= 2 && load_relaxed(h.slot_headers_offset) != layout.slot_headers_offset)) {
     return "region offsets in header do not match the layout";
   }
   return {};

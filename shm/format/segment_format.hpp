@@ -20,7 +20,12 @@
 namespace tally::shm::format {
 
 inline constexpr std::uint64_t kMagic = 0x314745534c4c4154ULL;  // "TALLYSG1" little-endian
-inline constexpr std::uint32_t kVersion = 1;
+// The segment version the agent creates, and the oldest both sides still read (a reader of version N reads every
+// version from kOldestVersion: segments outlive agents, and clients outlive upgrades). 2: slot headers together
+// after the header; 1: each slot header at the front of its slot.
+inline constexpr std::uint32_t kVersion = 2;
+inline constexpr std::uint32_t kOldestVersion = 1;
+inline constexpr std::uint32_t kControlVersion = 1;
 inline constexpr std::uint64_t kControlMagic = 0x314c5443594c4c54ULL;  // "TLLYCTL1"
 
 inline constexpr std::uint32_t kCounterCount = 16;  // 8 built-in + 8 user-named (TALLY_COUNTER_LIMIT)
@@ -66,7 +71,9 @@ struct Header {
   std::uint32_t slots_used;          // high-water mark of slots ever taken
   std::uint32_t client_flags;
   std::uint64_t overflow_dropped;    // events dropped by threads that found no free slot (atomic RMW)
-  std::uint8_t reserved[256 - 216];
+  // --- written by the agent at creation, read-only afterwards ---
+  std::uint64_t slot_headers_offset;  // SlotHeader[slot_count], right after the header (version 2; 0 in version 1)
+  std::uint8_t reserved[256 - 224];
 };
 static_assert(sizeof(Header) == 256);
 static_assert(offsetof(Header, workload_name) == 128);
@@ -107,8 +114,9 @@ struct BudgetEntry {
 };
 static_assert(sizeof(BudgetEntry) == 16);
 
-// The start of each per-thread slot; counters (u64[label_capacity][kCounterCount]) follow at +kSlotHeaderSize,
-// then the lane's records (Record[lane_records]) at +kSlotHeaderSize + counters.
+// One per-thread slot's header. The headers sit together right after the segment header, so that the agent's drain
+// pass reads one page of an idle segment (slots_used and the heads of its first slots) and nothing else; each
+// slot's counters (u64[label_capacity][kCounterCount]) and lane (Record[lane_records]) are in the slot region.
 struct SlotHeader {
   // Ownership: 0 free, else the owning thread's tid. `generation` counts hand-overs, so a reader can tell a slot
   // that changed owner between two drains; counters and the lane simply continue across owners.
@@ -124,7 +132,6 @@ struct SlotHeader {
   std::uint8_t pad2[56];
 };
 static_assert(sizeof(SlotHeader) == 192);
-inline constexpr std::uint64_t kSlotHeaderSize = sizeof(SlotHeader);
 
 // Control segment: written only by the agent, mapped read-only by the client (its fd is O_RDONLY), so that a
 // client cannot change what the agent decided.
@@ -139,26 +146,37 @@ struct ControlHeader {
 };
 static_assert(sizeof(ControlHeader) == 64);
 
-// Where each region starts for a given shape. Both sides compute it; the reader checks the header agrees.
+// Where each region starts for a given shape and version. Both sides compute it; the reader checks the header
+// agrees.
 struct Layout {
+  std::uint64_t slot_headers_offset, slot_header_stride;
   std::uint64_t labels_offset, names_offset, gauges_offset, overflow_offset, budgets_offset, slots_offset, slot_stride;
   std::uint64_t counters_in_slot, records_in_slot;  // offsets inside a slot
   std::uint64_t segment_size;
+  // Offsets of slot `s`'s parts: the one place that addresses them (client, reader, tests, benches).
+  constexpr std::uint64_t slot_header(std::uint32_t s) const { return slot_headers_offset + s * slot_header_stride; }
+  constexpr std::uint64_t slot_counters(std::uint32_t s) const { return slots_offset + s * slot_stride + counters_in_slot; }
+  constexpr std::uint64_t slot_records(std::uint32_t s) const { return slots_offset + s * slot_stride + records_in_slot; }
 };
 
 constexpr std::uint64_t align64(std::uint64_t n) { return (n + 63) & ~std::uint64_t{63}; }
 
-constexpr Layout compute_layout(std::uint32_t label_capacity, std::uint32_t slot_count, std::uint32_t lane_records) {
+constexpr Layout compute_layout(std::uint32_t label_capacity, std::uint32_t slot_count, std::uint32_t lane_records,
+                                std::uint32_t version = kVersion) {
+  const bool headers_together = version >= 2;
   Layout l{};
-  l.labels_offset = sizeof(Header);
+  l.labels_offset = headers_together ? align64(sizeof(Header) + std::uint64_t{slot_count} * sizeof(SlotHeader))
+                                     : sizeof(Header);
   l.names_offset = align64(l.labels_offset + std::uint64_t{label_capacity} * sizeof(LabelEntry));
   l.gauges_offset = align64(l.names_offset + (kCounterCount - kBuiltinCounters) * kCounterNameBytes);
   l.overflow_offset = align64(l.gauges_offset + std::uint64_t{label_capacity} * kGaugeCount * 8);
   l.budgets_offset = align64(l.overflow_offset + std::uint64_t{label_capacity} * kCounterCount * 8);
   l.slots_offset = align64(l.budgets_offset + std::uint64_t{label_capacity} * sizeof(BudgetEntry));
-  l.counters_in_slot = kSlotHeaderSize;
+  l.counters_in_slot = headers_together ? 0 : sizeof(SlotHeader);
   l.records_in_slot = align64(l.counters_in_slot + std::uint64_t{label_capacity} * kCounterCount * 8);
   l.slot_stride = align64(l.records_in_slot + std::uint64_t{lane_records} * sizeof(Record));
+  l.slot_headers_offset = headers_together ? sizeof(Header) : l.slots_offset;
+  l.slot_header_stride = headers_together ? sizeof(SlotHeader) : l.slot_stride;
   l.segment_size = l.slots_offset + std::uint64_t{slot_count} * l.slot_stride;
   return l;
 }
@@ -185,6 +203,7 @@ inline Layout init_header(Header& h, std::uint32_t label_capacity, std::uint32_t
   h.budgets_offset = l.budgets_offset;
   h.slots_offset = l.slots_offset;
   h.slot_stride = l.slot_stride;
+  h.slot_headers_offset = l.slot_headers_offset;
   return l;
 }
 

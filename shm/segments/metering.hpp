@@ -50,6 +50,7 @@ struct Segment {
   std::vector<bool> refused{false};               // by handle
   std::vector<std::uint32_t> changed;  // handles whose counters or gauges changed in the last read
   std::uint64_t dropped = 0;           // events its lanes could not take, as last told
+  bool active = true;                  // events came, or its counters moved, since its counters were last read
   UniqueFd pidfd;                      // readable once the producer has exited
 };
 
@@ -89,11 +90,16 @@ class MeteringSource {
   int fd() const { return epoll_.get(); }
   void on_readable();
 
-  // Drains every segment's lanes (the request events): often, so that no lane fills. Work: a load per slot in use.
-  void drain();
-  // Reads every segment's labels, counters and gauges (once per report: counters are exact whenever read). Work:
-  // the label sets and slots in use. Either retires a segment that fails validation, with the reason.
-  void sync();
+  // Drains the lanes (the request events): often, so that no lane fills. `every` drains every segment (and picks up
+  // dropped counts); otherwise only those whose lane heads moved since they were last looked at. Work for an idle
+  // segment: two loads in it (slots in use, the sum of their heads) and none in the agent's own state.
+  void drain(bool every = true);
+  // Reads segments' labels, counters and gauges (once per report: counters are exact whenever read). Work: the
+  // label sets and slots in use of each segment read. `every` reads all (snapshots, the final report); otherwise
+  // only the active ones: those whose lanes had events or whose counters moved at their last read. A segment that
+  // only adds to counters after a quiet spell is read at the next `every`. Retires a segment that fails
+  // validation, with the reason.
+  void sync(bool every);
 
   // Removes a retired segment's files (its name as Segment::name).
   void remove_files(const std::string& name) const;
@@ -107,7 +113,14 @@ class MeteringSource {
   void restore(const std::function<bool(const std::string&)>& already_retired);
   enum class Read { events, totals, everything };
   std::optional<std::string> read_one(Segment& segment, Read read);  // the reason to quarantine it, if any
-  void read_all(Read read);
+  void read_all(Read read, bool every = true);
+  // Per segment (same index as segments_): where its lane heads are and what they were when last looked at.
+  struct LaneWatch {
+    SegmentReader::LaneHeads heads;
+    std::uint32_t used = UINT32_MAX;
+    std::uint64_t head_sum = 0;
+  };
+  static bool lanes_moved(LaneWatch& watch);
   void adopt_new_labels(Segment& segment);
   std::optional<std::string> refused_tenant(const Segment& segment, const LabelSet& labels) const;
   void retire(std::size_t index, const std::string& quarantine_reason);
@@ -118,6 +131,7 @@ class MeteringSource {
   std::unique_ptr<RegistrationServer> server_;
   UniqueFd epoll_;
   std::vector<std::unique_ptr<Segment>> segments_;
+  std::vector<LaneWatch> watches_;  // kept apart from the segments, dense: a drain of idle segments reads only this
   std::vector<RequestEvent> events_;
   std::uint64_t quarantined_ = 0;
 };

@@ -162,7 +162,7 @@ Result<CreatedSegment> create_segment(const std::filesystem::path& path, const s
   if (::ftruncate(control.get(), static_cast<off_t>(control_bytes)) != 0) return fail("ftruncate control");
   format::ControlHeader ch{};
   ch.magic = format::kControlMagic;
-  ch.version = format::kVersion;
+  ch.version = format::kControlVersion;
   ch.label_capacity = shape.label_capacity;
   ch.size = control_bytes;
   ch.decisions_offset = sizeof(format::ControlHeader);

@@ -1,5 +1,7 @@
 #include "shm/segments/segment_reader.hpp"
 
+#include <cstddef>
+
 #include "agent/base/text.hpp"
 #include "shm/format/names.hpp"
 
@@ -96,18 +98,20 @@ Result<SegmentReader> SegmentReader::attach(std::span<std::byte> bytes) {
     return make_error(ErrorCode::invalid_argument, "segment mapping is not 64-byte aligned");
   }
   auto* h = reinterpret_cast<Header*>(bytes.data());
-  // Layout fields are read once here and never again: a client changing them later changes nothing.
-  if (const std::string problem = format::header_problem(*h, bytes.size()); !problem.empty()) {
-    const ErrorCode code = format::load_relaxed(h->magic) == format::kMagic &&
-                                   format::load_relaxed(h->version) != format::kVersion
-                               ? ErrorCode::unsupported
-                               : ErrorCode::invalid_argument;
-    return make_error(code, "{}", problem);
+  // The layout comes from one private copy of the header, checked whole: the client can write its header at any
+  // moment, and fields read twice (once to check, once to use) could disagree and point outside the mapping.
+  Header layout_fields{};
+  std::memcpy(&layout_fields, h, sizeof(Header));
+  if (const std::string problem = format::header_problem(layout_fields, bytes.size()); !problem.empty()) {
+    const std::uint32_t version = layout_fields.version;
+    const bool unsupported = layout_fields.magic == format::kMagic &&
+                             (version < format::kOldestVersion || version > format::kVersion);
+    return make_error(unsupported ? ErrorCode::unsupported : ErrorCode::invalid_argument, "{}", problem);
   }
-  const std::uint32_t labels = load_relaxed(h->label_capacity);
-  const std::uint32_t slots = load_relaxed(h->slot_count);
-  const std::uint32_t records = load_relaxed(h->lane_records);
-  const format::Layout layout = format::compute_layout(labels, slots, records);
+  const std::uint32_t labels = layout_fields.label_capacity;
+  const std::uint32_t slots = layout_fields.slot_count;
+  const std::uint32_t records = layout_fields.lane_records;
+  const format::Layout layout = format::compute_layout(labels, slots, records, layout_fields.version);
   SegmentReader reader(bytes, layout);
   reader.header_ = h;
   reader.label_capacity_ = labels;
@@ -118,7 +122,7 @@ Result<SegmentReader> SegmentReader::attach(std::span<std::byte> bytes) {
   // keeps an attached but idle segment from costing the agent a page per slot.
   const std::uint32_t used = std::min(load_acquire(h->slots_used), slots);
   for (std::uint32_t s = 0; s < used; ++s) {
-    auto* slot = reader.at<format::SlotHeader>(layout.slots_offset + std::uint64_t{s} * layout.slot_stride);
+    auto* slot = reader.at<format::SlotHeader>(layout.slot_header(s));
     const std::uint64_t head = load_acquire(slot->head);
     const std::uint64_t tail = load_relaxed(slot->tail);
     if (tail > head || head - tail > records) {
@@ -191,15 +195,15 @@ Result<void> SegmentReader::read_counters() {
   }
   const auto* overflow = at<const std::uint64_t>(layout_.overflow_offset);
   const auto* gauges = at<const std::uint64_t>(layout_.gauges_offset);
+  // A thread takes the overflow shard only when every slot is owned: until then it holds nothing to read.
+  const bool overflow_used = used == slot_count_;
   for (std::uint32_t handle = 1; handle < labels_.size(); ++handle) {
     CounterArray& sum = scratch_;
     for (std::uint32_t k = 0; k < format::kCounterCount; ++k) {
-      sum[k] = load_relaxed(overflow[std::size_t{handle} * format::kCounterCount + k]);
+      sum[k] = overflow_used ? load_relaxed(overflow[std::size_t{handle} * format::kCounterCount + k]) : 0;
     }
     for (std::uint32_t s = 0; s < used; ++s) {
-      const auto* cells = at<const std::uint64_t>(layout_.slots_offset + std::uint64_t{s} * layout_.slot_stride +
-                                                  layout_.counters_in_slot) +
-                          std::size_t{handle} * format::kCounterCount;
+      const auto* cells = at<const std::uint64_t>(layout_.slot_counters(s)) + std::size_t{handle} * format::kCounterCount;
       for (std::uint32_t k = 0; k < format::kCounterCount; ++k) sum[k] += load_relaxed(cells[k]);
     }
     for (std::uint32_t k = 0; k < format::kCounterCount; ++k) {
@@ -226,9 +230,8 @@ Result<void> SegmentReader::drain_lanes(std::vector<RequestEvent>& events) {
   auto known = static_cast<std::uint32_t>(labels_.size());
   std::uint64_t dropped = std::atomic_ref<std::uint64_t>(header_->overflow_dropped).load(std::memory_order_relaxed);
   for (std::uint32_t s = 0; s < used; ++s) {
-    std::byte* base = bytes_.data() + layout_.slots_offset + std::uint64_t{s} * layout_.slot_stride;
-    auto* slot = reinterpret_cast<format::SlotHeader*>(base);
-    auto* records = reinterpret_cast<const format::Record*>(base + layout_.records_in_slot);
+    auto* slot = at<format::SlotHeader>(layout_.slot_header(s));
+    auto* records = at<const format::Record>(layout_.slot_records(s));
     dropped += load_relaxed(slot->dropped);
     const std::uint64_t head = load_acquire(slot->head);
     const std::uint64_t tail = tails_[s];
@@ -263,6 +266,7 @@ Result<void> SegmentReader::drain_lanes(std::vector<RequestEvent>& events) {
       }
       events.push_back(e);
     }
+    if (head == tail) continue;  // nothing new: the writer's line is left alone
     tails_[s] = head;
     store_release(slot->tail, head);
   }
@@ -281,6 +285,11 @@ Result<void> SegmentReader::drain(std::vector<RequestEvent>& events) {
 Result<void> SegmentReader::read_totals() {
   TALLY_TRY(read_labels());
   return read_counters();
+}
+
+SegmentReader::LaneHeads SegmentReader::lane_heads() const {
+  return {&header_->slots_used, bytes_.data() + layout_.slot_header(0) + offsetof(format::SlotHeader, head),
+          layout_.slot_header_stride, slot_count_};
 }
 
 Result<void> SegmentReader::drain_events(std::vector<RequestEvent>& events) { return drain_lanes(events); }

@@ -57,6 +57,17 @@ class SegmentReader {
   // The label sets whose counters or gauges changed in the last read of the totals (handles, ascending).
   const std::vector<std::uint32_t>& changed() const { return changed_; }
 
+  // Where the lanes' heads are, for a caller that polls many segments often and drains only those whose heads
+  // moved: a few loads in the segment, none in the reader. The client writes these words: trust nothing (bound
+  // `slots_used` by `slot_count`; a lying head only delays its own lane's drain).
+  struct LaneHeads {
+    const std::uint32_t* slots_used = nullptr;
+    const std::byte* first_head = nullptr;  // slot 0's head
+    std::uint64_t stride = 0;               // from one slot's head to the next
+    std::uint32_t slot_count = 0;
+  };
+  LaneHeads lane_heads() const;
+
   const format::Header& header() const { return *header_; }
   std::string workload_name() const;
   // Label sets by handle; entry 0 and not-yet-committed handles are empty (check `known`).

@@ -387,7 +387,8 @@ TEST_F(Metering, HostileSegmentIsQuarantinedAndTheOthersAreUnaffected) {
     shm::format::Header h{};
     ASSERT_EQ(::pread(fd, &h, sizeof h, 0), static_cast<ssize_t>(sizeof h));
     const std::uint64_t head = 1'000'000'000;
-    ASSERT_EQ(::pwrite(fd, &head, sizeof head, static_cast<off_t>(h.slots_offset + 64)), 8);
+    const off_t slot0_head = static_cast<off_t>(h.slot_headers_offset + offsetof(shm::format::SlotHeader, head));
+    ASSERT_EQ(::pwrite(fd, &head, sizeof head, slot0_head), 8);
     ::close(fd);
   }
   const auto quarantined = subscriber_->receive_until(

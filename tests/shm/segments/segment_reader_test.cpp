@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstddef>
 #include <cstring>
 
 #include "shm/segments/segment_file.hpp"
@@ -21,30 +22,46 @@ class SegmentReaderTest : public ::testing::Test {
  protected:
   void SetUp() override { make(SegmentShape{16, 4, 8}); }
 
-  void make(SegmentShape shape) {
+  // A segment as the agent makes it; `version` 1 rewrites it as an agent of version 1 made it (the reader reads
+  // every version from format::kOldestVersion: segments outlive agents).
+  void make(SegmentShape shape, std::uint32_t version = format::kVersion) {
     shape_ = shape;
     const auto path = dir_ / ("seg" + std::to_string(++made_) + ".seg");
     auto created = create_segment(path, dir_ / ("seg" + std::to_string(made_) + ".ctl"), shape,
                                   Producer{::getpid(), ::getuid(), ::getgid(), 1}, "test");
     ASSERT_TRUE(created) << created.error().message;
+    layout_ = format::compute_layout(shape.label_capacity, shape.slot_count, shape.lane_records, version);
+    if (version != format::kVersion) {
+      ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(layout_.segment_size)), 0);
+      auto file = MappedFile::open(path, sizeof(Header), 1u << 30);
+      ASSERT_TRUE(file) << file.error().message;
+      Header& h = *reinterpret_cast<Header*>(file->bytes().data());
+      format::init_header(h, shape.label_capacity, shape.slot_count, shape.lane_records);
+      h.version = version;
+      h.segment_size = layout_.segment_size;
+      h.labels_offset = layout_.labels_offset;
+      h.names_offset = layout_.names_offset;
+      h.gauges_offset = layout_.gauges_offset;
+      h.overflow_offset = layout_.overflow_offset;
+      h.budgets_offset = layout_.budgets_offset;
+      h.slots_offset = layout_.slots_offset;
+      h.slot_stride = layout_.slot_stride;
+      h.slot_headers_offset = 0;  // reserved in version 1
+    }
     auto file = MappedFile::open(path, sizeof(Header), 1u << 30);
     ASSERT_TRUE(file) << file.error().message;
     file_ = std::move(*file);
-    layout_ = format::compute_layout(shape.label_capacity, shape.slot_count, shape.lane_records);
   }
   std::byte* base() { return file_.bytes().data(); }
   Header& header() { return *reinterpret_cast<Header*>(base()); }
   format::SlotHeader& slot(std::uint32_t s) {
-    return *reinterpret_cast<format::SlotHeader*>(base() + layout_.slots_offset + s * layout_.slot_stride);
+    return *reinterpret_cast<format::SlotHeader*>(base() + layout_.slot_header(s));
   }
   std::uint64_t* counters(std::uint32_t s, std::uint32_t handle) {
-    return reinterpret_cast<std::uint64_t*>(base() + layout_.slots_offset + s * layout_.slot_stride +
-                                            layout_.counters_in_slot) +
-           handle * format::kCounterCount;
+    return reinterpret_cast<std::uint64_t*>(base() + layout_.slot_counters(s)) + handle * format::kCounterCount;
   }
   format::Record* records(std::uint32_t s) {
-    return reinterpret_cast<format::Record*>(base() + layout_.slots_offset + s * layout_.slot_stride +
-                                             layout_.records_in_slot);
+    return reinterpret_cast<format::Record*>(base() + layout_.slot_records(s));
   }
   format::LabelEntry& label(std::uint32_t handle) {
     return reinterpret_cast<format::LabelEntry*>(base() + layout_.labels_offset)[handle];
@@ -88,10 +105,42 @@ class SegmentReaderTest : public ::testing::Test {
   std::vector<RequestEvent> events_;
 };
 
+// A thread takes the overflow shard only when every slot is owned (slots_used, a high-water mark, then equals the
+// slot count): before that the shard holds nothing, and is not read.
+TEST_F(SegmentReaderTest, TheOverflowShardIsReadOnceEverySlotIsOwned) {
+  add_label(1, "tenant=acme");
+  header().slots_used = 2;
+  counters(0, 1)[3] = 5;
+  reinterpret_cast<std::uint64_t*>(base() + layout_.overflow_offset)[1 * format::kCounterCount + 3] = 100;
+  ASSERT_TRUE(attach_and_drain());
+  EXPECT_EQ(reader_->counters(1)[3], 5u);
+  header().slots_used = 4;
+  ASSERT_TRUE(reader_->drain(events_));
+  EXPECT_EQ(reader_->counters(1)[3], 105u);
+}
+
+// Segments outlive agents and clients outlive upgrades: a version 1 segment (slot headers at the front of each
+// slot) is read like a current one.
+TEST_F(SegmentReaderTest, ReadsASegmentOfTheOldestVersion) {
+  make(SegmentShape{16, 4, 8}, format::kOldestVersion);
+  ASSERT_NE(layout_.slot_header(1), format::compute_layout(16, 4, 8).slot_header(1)) << "the versions differ";
+  add_label(1, "tenant=acme");
+  counters(1, 1)[3] = 7;
+  push_record(1, 1, 10);
+  push_record(1, 1, 20);
+  ASSERT_TRUE(attach_and_drain());
+  EXPECT_EQ(reader_->counters(1)[3], 7u);
+  ASSERT_EQ(events_.size(), 2u);
+  EXPECT_EQ(events_[0].tokens_in + events_[1].tokens_in, 30u);
+  EXPECT_EQ(slot(1).tail, 2u);
+  EXPECT_EQ(reader_->lane_heads().first_head + reader_->lane_heads().stride,
+            base() + layout_.slot_header(1) + offsetof(format::SlotHeader, head));
+}
+
 TEST_F(SegmentReaderTest, ReadsLabelsCountersGaugesAndEvents) {
   add_label(1, "tenant=acme\nmodel=llama");
   add_label(2, "tenant=beta");
-  header().slots_used = 2;
+  header().slots_used = 4;  // every slot owned: later threads share the overflow shard
   counters(0, 1)[3] = 5;
   counters(1, 1)[3] = 7;
   reinterpret_cast<std::uint64_t*>(base() + layout_.overflow_offset)[1 * format::kCounterCount + 3] = 100;
