@@ -12,6 +12,7 @@
 
 #include "agent/base/result.hpp"
 #include "agent/feed/endpoint.hpp"
+#include "collectors/kernel/bpf_probes.hpp"
 #include "shm/format/names.hpp"
 #include "shm/segments/metering.hpp"
 
@@ -46,7 +47,7 @@ struct ProbesSection {
   // Where the probes are pinned (a bpffs directory), so they keep counting while the agent is down and the next
   // agent adopts them; "" : not pinned (they go away with the agent).
   std::string pin_dir = "/sys/fs/bpf/tally";
-  std::uint32_t counters_capacity = 65536;  // keys (cgroups, root-cgroup processes) the counters map holds
+  std::uint32_t counters_capacity = collectors::kDefaultCountersCapacity;  // keys the probes' counters map holds
   bool operator==(const ProbesSection&) const = default;
 };
 

@@ -54,7 +54,7 @@ struct KernelUsage {
 struct KernelSourceOptions {
   bool probes_enabled = true;
   std::filesystem::path pin_dir;  // where the probes are pinned (empty: not pinned)
-  std::uint32_t counters_capacity = 65536;
+  std::uint32_t counters_capacity = kDefaultCountersCapacity;
   FsRoot fs;
   std::string instance_id;  // this agent's instance: names the sampled contributors
 };
