@@ -4,6 +4,8 @@
 #   shm_bench                  tally_add / tally_record vs a relaxed atomic, statsd over UDP, an LTTng-UST tracepoint
 #   topology_discovery_bench   discovery of the largest capture vs plain hwloc_topology_load
 #   ebpf_probes_bench          64-byte write() with the probes attached vs detached; the agent's own CPU
+#   report_bench               usage reports and checkpoints of 1,000 workloads x 16 label sets vs protobuf's own
+#   agent_cost_bench           tallyd's CPU and memory with no client and with 400 idle clients x 16 label sets
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -25,3 +27,5 @@ build/bench/bench/shm_bench "$@"
 lttng stop >/dev/null
 build/bench/bench/topology_discovery_bench "$@"
 build/bench/bench/ebpf_probes_bench "$@"
+build/bench/bench/report_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true "$@"
+build/bench/bench/agent_cost_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true "$@"
