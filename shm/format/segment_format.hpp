@@ -185,9 +185,9 @@ constexpr Layout compute_layout(std::uint32_t label_capacity, std::uint32_t slot
 // compute_layout() gives them. The one place that does it: the agent, the fuzzer and the bench all build headers
 // through it. `magic` is left to the caller, to be stored last (release), so a half-made header never reads valid.
 inline Layout init_header(Header& h, std::uint32_t label_capacity, std::uint32_t slot_count,
-                          std::uint32_t lane_records) {
-  const Layout l = compute_layout(label_capacity, slot_count, lane_records);
-  h.version = kVersion;
+                          std::uint32_t lane_records, std::uint32_t version = kVersion) {
+  const Layout l = compute_layout(label_capacity, slot_count, lane_records, version);
+  h.version = version;
   h.header_size = sizeof(Header);
   h.segment_size = l.segment_size;
   h.label_capacity = label_capacity;
@@ -203,7 +203,7 @@ inline Layout init_header(Header& h, std::uint32_t label_capacity, std::uint32_t
   h.budgets_offset = l.budgets_offset;
   h.slots_offset = l.slots_offset;
   h.slot_stride = l.slot_stride;
-  h.slot_headers_offset = l.slot_headers_offset;
+  h.slot_headers_offset = version >= 2 ? l.slot_headers_offset : 0;  // reserved before version 2
   return l;
 }
 

@@ -36,17 +36,7 @@ class SegmentReaderTest : public ::testing::Test {
       auto file = MappedFile::open(path, sizeof(Header), 1u << 30);
       ASSERT_TRUE(file) << file.error().message;
       Header& h = *reinterpret_cast<Header*>(file->bytes().data());
-      format::init_header(h, shape.label_capacity, shape.slot_count, shape.lane_records);
-      h.version = version;
-      h.segment_size = layout_.segment_size;
-      h.labels_offset = layout_.labels_offset;
-      h.names_offset = layout_.names_offset;
-      h.gauges_offset = layout_.gauges_offset;
-      h.overflow_offset = layout_.overflow_offset;
-      h.budgets_offset = layout_.budgets_offset;
-      h.slots_offset = layout_.slots_offset;
-      h.slot_stride = layout_.slot_stride;
-      h.slot_headers_offset = 0;  // reserved in version 1
+      format::init_header(h, shape.label_capacity, shape.slot_count, shape.lane_records, version);
     }
     auto file = MappedFile::open(path, sizeof(Header), 1u << 30);
     ASSERT_TRUE(file) << file.error().message;
