@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 
@@ -27,12 +29,6 @@ std::uint32_t clamp_shape(std::uint32_t wished, std::uint32_t fallback, std::uin
   return std::clamp(wished == 0 ? fallback : wished, minimum, maximum);
 }
 
-std::uint32_t round_up_power_of_two(std::uint32_t v) {
-  std::uint32_t p = 1;
-  while (p < v) p <<= 1;
-  return p;
-}
-
 Result<void> make_directory(const std::filesystem::path& dir, std::filesystem::perms perms) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
@@ -42,6 +38,32 @@ Result<void> make_directory(const std::filesystem::path& dir, std::filesystem::p
 }
 
 }  // namespace
+
+Result<GrantedRequest> parse_registration_request(std::span<const std::byte> bytes, const SegmentLimits& l) {
+  protocol::Request request{};
+  if (bytes.size() != sizeof request) {
+    return make_error(ErrorCode::invalid_argument, "a registration request is {} bytes, not {}", sizeof request,
+                      bytes.size());
+  }
+  std::memcpy(&request, bytes.data(), sizeof request);
+  if (request.magic != protocol::kRequestMagic) {
+    return make_error(ErrorCode::invalid_argument, "not a tally registration request");
+  }
+  if (request.version != protocol::kVersion) {
+    return make_error(ErrorCode::unsupported, "protocol version {} is not supported (agent speaks {})",
+                      request.version, protocol::kVersion);
+  }
+  GrantedRequest granted;
+  // Lanes are a power of two (the client masks its head with them): the wish rounded up, but never past the cap.
+  const std::uint32_t lanes = clamp_shape(request.lane_records, l.default_lane_records, format::kMinLaneRecords,
+                                          l.max_lane_records);
+  granted.shape.lane_records = std::bit_ceil(std::min(lanes, std::bit_floor(l.max_lane_records)));
+  granted.shape.slot_count = clamp_shape(request.slot_count, l.default_slots, 1, l.max_slots);
+  granted.shape.label_capacity = clamp_shape(request.label_capacity, l.default_label_sets, 2, l.max_label_sets);
+  granted.workload_name =
+      printable_ascii(std::string_view(request.workload_name, sizeof request.workload_name - 1));
+  return granted;
+}
 
 std::filesystem::path control_path_of(const std::filesystem::path& segment_path) {
   auto p = segment_path;
@@ -205,8 +227,8 @@ void RegistrationServer::reply(int fd, int status, const std::string& message, c
 }
 
 void RegistrationServer::serve(int fd) {
-  protocol::Request request{};
-  const ssize_t n = ::recv(fd, &request, sizeof request, MSG_DONTWAIT | MSG_PEEK);
+  std::array<std::byte, sizeof(protocol::Request)> request{};
+  const ssize_t n = ::recv(fd, request.data(), request.size(), MSG_DONTWAIT | MSG_PEEK);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
   if (n > 0 && n < static_cast<ssize_t>(sizeof request)) {
     return;  // the rest is on its way (or the client hangs, and the timeout closes it)
@@ -215,7 +237,7 @@ void RegistrationServer::serve(int fd) {
     close_pending(fd);
     return;
   }
-  (void)::recv(fd, &request, sizeof request, MSG_DONTWAIT);
+  (void)::recv(fd, request.data(), request.size(), MSG_DONTWAIT);
 
   ucred cred{};
   socklen_t cred_size = sizeof cred;
@@ -229,13 +251,11 @@ void RegistrationServer::serve(int fd) {
     refuse(protocol::Status::internal, "SO_PEERCRED failed");
     return;
   }
-  if (request.magic != protocol::kRequestMagic) {
-    refuse(protocol::Status::bad_request, "not a tally registration request");
-    return;
-  }
-  if (request.version != protocol::kVersion) {
-    refuse(protocol::Status::unsupported_version,
-           fmt::format("protocol version {} is not supported (agent speaks {})", request.version, protocol::kVersion));
+  auto parsed = parse_registration_request(request, options_.limits);
+  if (!parsed) {
+    refuse(parsed.error().code == ErrorCode::unsupported ? protocol::Status::unsupported_version
+                                                         : protocol::Status::bad_request,
+           parsed.error().message);
     return;
   }
   const FsRoot fs(options_.fs_root);
@@ -246,13 +266,8 @@ void RegistrationServer::serve(int fd) {
            fmt::format("cannot identify pid {}: {}", cred.pid, identity ? "no start time" : identity.error().message));
     return;
   }
-  const SegmentLimits& l = options_.limits;
-  SegmentShape shape;
-  shape.lane_records = round_up_power_of_two(clamp_shape(request.lane_records, l.default_lane_records,
-                                                         format::kMinLaneRecords, l.max_lane_records));
-  shape.slot_count = clamp_shape(request.slot_count, l.default_slots, 1, l.max_slots);
-  shape.label_capacity = clamp_shape(request.label_capacity, l.default_label_sets, 2, l.max_label_sets);
-  const std::string name = printable_ascii(std::string_view(request.workload_name, sizeof request.workload_name - 1));
+  const SegmentShape& shape = parsed->shape;
+  const std::string& name = parsed->workload_name;
 
   Registration registration;
   registration.segment_path =

@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -47,6 +48,17 @@ struct SegmentLimits {
   std::uint32_t default_slots = format::kDefaultSlots, max_slots = 256;
   std::uint32_t default_label_sets = format::kDefaultLabelSets, max_label_sets = format::kMaxLabelSets;
 };
+
+// A registration request as the agent grants it: the wished-for shape clamped into the limits (lane records a power
+// of two), the name made printable. Nothing in it is trusted for identity: that comes from SO_PEERCRED.
+struct GrantedRequest {
+  SegmentShape shape;
+  std::string workload_name;  // printable ASCII, at most 63 bytes
+};
+// Parses the bytes a client sent on the registration socket (any local process may send anything): exactly one
+// protocol::Request. A wrong size or magic is ErrorCode::invalid_argument (the reply says bad_request), another
+// protocol version ErrorCode::unsupported (unsupported_version). Pure, so that it can be fuzzed.
+Result<GrantedRequest> parse_registration_request(std::span<const std::byte> bytes, const SegmentLimits& limits);
 
 class RegistrationServer {
  public:
