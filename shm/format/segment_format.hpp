@@ -142,9 +142,16 @@ struct ControlHeader {
   std::uint64_t size;
   std::uint64_t decisions_offset;   // u32[label_capacity]: decision | reason << 8
   std::uint64_t allowances_offset;  // u64[label_capacity]: budget granted per label set (quota work, issue 5+)
-  std::uint8_t reserved[64 - 40];
+  // What the agent thinks of the segment (kSegmentLive, kSegmentRetired), stored with release by the agent: a client
+  // that reads kSegmentRetired stops writing into it and registers again (its totals so far are the agent's already).
+  // Zero in files made before this field existed: live.
+  std::uint32_t state;
+  std::uint8_t reserved[64 - 44];
 };
 static_assert(sizeof(ControlHeader) == 64);
+static_assert(offsetof(ControlHeader, state) == 40);
+inline constexpr std::uint32_t kSegmentLive = 0;
+inline constexpr std::uint32_t kSegmentRetired = 1;  // quarantined, or retired by the agent: register again
 
 // Where each region starts for a given shape and version. Both sides compute it; the reader checks the header
 // agrees.
