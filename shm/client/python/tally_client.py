@@ -8,7 +8,9 @@
         tally.add(chat, tally_client.TOKENS_IN, 10)
 
 Same contract as the C API (tally/client.h): nothing here raises because of the agent, blocks on it, or fails
-the workload; with no agent every call is a cheap no-op and the client attaches when an agent appears.
+the workload; with no agent every call counts in the client's own memory, and the client attaches when an agent
+appears and hands it over. os.fork() and multiprocessing's fork start method are safe: a child registers as its
+own process, and its label handles stay valid.
 The library is found through $TALLY_CLIENT_LIBRARY, else as libtally-client.so.1 on the loader's path.
 """
 

@@ -1,48 +1,34 @@
 // The client library against the real registration server and reader, in one process: exact totals from many
 // threads while the reader drains concurrently, slots released by exiting threads, the overflow shard, labels,
-// admission, and the no-agent path. Label `concurrent`: CI runs it under TSan.
+// admission, the no-agent path (counts before attaching handed over exactly), a quarantined segment told, and a
+// refused client backing off. Label `concurrent`: CI runs it under TSan.
 #include "tally/client.h"
 
+#include <poll.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstring>
 #include <thread>
 
 #include "shm/segments/segment_file.hpp"
-#include "shm/segments/segment_reader.hpp"
 #include "tally/client.hpp"
+#include "tests/shm/client/segment_probe.hpp"
 #include "tests/support/in_process_agent.hpp"
 #include "tests/support/deadline.hpp"
+#include "agent/base/unique_fd.hpp"
+#include "agent/base/unix_socket.hpp"
+#include "shm/format/registration_protocol.hpp"
 
 namespace tally::test {
 namespace {
 
 using shm::MappedFile;
-using shm::SegmentReader;
 
-// A reader on a registered segment, the way the agent holds one.
-struct Reader {
-  explicit Reader(const shm::Registration& r) {
-    auto f = MappedFile::open(r.segment_path, sizeof(shm::format::Header), 1u << 30);
-    if (!f) throw std::runtime_error(f.error().message);
-    file = std::move(*f);
-    auto rd = SegmentReader::attach(file.bytes());
-    if (!rd) throw std::runtime_error(rd.error().message);
-    reader.emplace(std::move(*rd));
-  }
-  void drain() {
-    auto ok = reader->drain(events);
-    if (!ok) throw std::runtime_error(ok.error().message);
-  }
-  std::uint64_t total(std::uint32_t handle, std::uint32_t counter) const {
-    return handle < reader->label_count() ? reader->counters(handle)[counter] : 0;
-  }
-  MappedFile file;
-  std::optional<SegmentReader> reader;
-  std::vector<shm::RequestEvent> events;
-};
+using Reader = SegmentProbe;
 
 class ClientTest : public ::testing::Test {
  protected:
@@ -199,7 +185,41 @@ TEST_F(ClientTest, AdmissionComesFromTheAgentsReadOnlyControlSegment) {
             std::filesystem::perms::none);
 }
 
-TEST(ClientNoAgent, CallsAreNoOpsThenAnAgentThatAppearsIsPickedUp) {
+TEST_F(ClientTest, AQuarantinedSegmentIsToldAndTheClientRegistersAgain) {
+  Client client("quarantined");
+  ASSERT_TRUE(client.attached()) << client.last_error();
+  const std::uint32_t h = client.intern({{"tenant", "acme"}});
+  const tally_counter widgets = client.counter("widgets");
+  client.add(h, TALLY_TOKENS_IN, 5);
+  const auto first = agent_.wait_for_registrations(1).at(0);
+  Reader before(first);
+  before.drain();
+  EXPECT_EQ(before.total(h, TALLY_TOKENS_IN), 5u);
+
+  // The agent quarantines the segment: it says so in the control file (release), the client stops writing there.
+  auto control = MappedFile::open(first.control_path, sizeof(shm::format::ControlHeader), 1u << 30);
+  ASSERT_TRUE(control);
+  auto* header = reinterpret_cast<shm::format::ControlHeader*>(control->bytes().data());
+  shm::format::store_release(header->state, shm::format::kSegmentRetired);
+  EXPECT_FALSE(client.attached());
+  client.add(h, TALLY_TOKENS_IN, 7);  // while detached: kept in the client's memory, handed over on attach
+  client.add(h, widgets, 1);
+
+  // It registers again off the hot path, into a fresh segment, with the same handles and counter ids.
+  ASSERT_TRUE(wait_until([&] { return agent_.registrations().size() >= 2 && client.attached(); }))
+      << client.last_error();
+  client.add(h, TALLY_TOKENS_IN, 11);
+  Reader after(agent_.registrations().at(1));
+  after.drain();
+  EXPECT_EQ(after.total(h, TALLY_TOKENS_IN), 7u + 11u);
+  EXPECT_EQ(after.total(h, widgets), 1u);
+  EXPECT_EQ(after.reader->label_set(h).text, "tenant=acme");
+  EXPECT_EQ(after.reader->counter_names(), std::vector<std::string>{"widgets"});
+  before.drain();
+  EXPECT_EQ(before.total(h, TALLY_TOKENS_IN), 5u);  // nothing more went into the quarantined one
+}
+
+TEST(ClientNoAgent, CountsBeforeAnAgentAppearsAreHandedOverExactly) {
   TempDir dir;
   const auto socket = dir / "tally.sock";
   ::setenv("TALLY_SOCKET", socket.c_str(), 1);
@@ -211,24 +231,83 @@ TEST(ClientNoAgent, CallsAreNoOpsThenAnAgentThatAppearsIsPickedUp) {
   tally_label label{"tenant", "acme"};
   const std::uint32_t h = tally_intern(client, &label, 1);
   EXPECT_NE(h, 0u);  // handles work before the agent exists
+  const tally_counter widgets = tally_register_counter(client, "widgets");
   tally_request r{};
-  for (int i = 0; i < 100000; ++i) {
+  r.tokens_out = 2;
+  constexpr std::uint64_t kCalls = 100000;
+  for (std::uint64_t i = 0; i < kCalls; ++i) {
     tally_add(client, h, TALLY_TOKENS_IN, 1);
+    tally_add(client, h, widgets, 3);
     tally_record(client, h, &r);
   }
+  tally_set(client, h, TALLY_KV_CACHE_BYTES, 4242);
   EXPECT_EQ(tally_admit(client, h).reason, static_cast<std::uint32_t>(TALLY_REASON_NO_AGENT));
-  EXPECT_EQ(tally_dropped(client), 0u);
 
   InProcessAgent agent({}, socket);
   ASSERT_TRUE(wait_until([&] { return tally_attached(client) != 0; }));
   tally_add(client, h, TALLY_TOKENS_IN, 5);
   Reader reader(agent.wait_for_registrations(1).at(0));
   reader.drain();
-  EXPECT_EQ(reader.total(h, TALLY_TOKENS_IN), 5u);  // the label set interned before attach was carried over
+  // Everything counted before the agent appeared was kept in the client's memory and handed over.
+  EXPECT_EQ(reader.total(h, TALLY_TOKENS_IN), kCalls + 5);
+  EXPECT_EQ(reader.total(h, TALLY_TOKENS_OUT), 2 * kCalls);
+  EXPECT_EQ(reader.total(h, TALLY_REQUESTS), kCalls);
+  EXPECT_EQ(reader.total(h, widgets), 3 * kCalls);
   EXPECT_EQ(reader.reader->label_set(h).text, "tenant=acme");
+  EXPECT_EQ(reader.reader->counter_names(), std::vector<std::string>{"widgets"});
+  // Events: the first ones kept (bounded), the rest counted as dropped, none lost without a trace.
+  EXPECT_GT(reader.events.size(), 0u);
+  EXPECT_EQ(reader.events.size() + reader.reader->dropped(), kCalls);
+  EXPECT_EQ(tally_dropped(client), reader.reader->dropped());
   tally_close(client);
   ::unsetenv("TALLY_SOCKET");
   ::unsetenv("TALLY_RETRY_MS");
+}
+
+// An agent that answers every registration with a refusal, counting them.
+TEST(ClientNoAgent, ARefusedClientBacksOffExponentially) {
+  TempDir dir;
+  const auto path = dir / "tally.sock";
+  UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const auto address = unix_socket_address(path.string());
+  ASSERT_TRUE(listener && address);
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<const sockaddr*>(&*address), sizeof *address), 0);
+  ASSERT_EQ(::listen(listener.get(), 64), 0);
+  ::setenv("TALLY_SOCKET", path.c_str(), 1);
+  ::setenv("TALLY_RETRY_MS", "10", 1);  // an absent agent would be retried every 10 ms: a refusal must not be
+  ::setenv("TALLY_OPEN_TIMEOUT_MS", "1000", 1);
+  std::atomic<bool> stop{false};
+  std::atomic<int> attempts{0};
+  std::thread refuser([&] {
+    while (!stop) {
+      pollfd p{listener.get(), POLLIN, 0};
+      if (::poll(&p, 1, 10) <= 0) continue;
+      UniqueFd peer(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      shm::protocol::Request request{};
+      [[maybe_unused]] const ssize_t got = ::recv(peer.get(), &request, sizeof request, MSG_WAITALL);
+      shm::protocol::Reply reply{};
+      reply.magic = shm::protocol::kReplyMagic;
+      reply.status = shm::protocol::Status::refused;
+      std::strcpy(reply.message, "too many clients");
+      [[maybe_unused]] const ssize_t sent = ::send(peer.get(), &reply, sizeof reply, MSG_NOSIGNAL);
+      ++attempts;
+    }
+  });
+  tally_client* client = tally_open("refused");
+  EXPECT_EQ(tally_attached(client), 0);
+  EXPECT_NE(std::string(tally_last_error(client)).find("too many clients"), std::string::npos);
+  // Backoff from 100 ms, doubling: the 6th attempt comes after 100+200+400+800+1600 ms = 3.1 s at the earliest.
+  // Whatever the machine's speed, 1.5 s can hold at most 4 of them (at 10 ms retries it would be ~150).
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(wait_until([&] { return attempts.load() >= 3; }, 30s));
+  const auto third = std::chrono::steady_clock::now() - start;
+  EXPECT_GE(third, 250ms) << "attempts 2 and 3 came after less than 100 + 200 ms";
+  tally_close(client);
+  stop = true;
+  refuser.join();
+  ::unsetenv("TALLY_SOCKET");
+  ::unsetenv("TALLY_RETRY_MS");
+  ::unsetenv("TALLY_OPEN_TIMEOUT_MS");
 }
 
 TEST(ClientNoAgent, NullAndClosedAreSafe) {

@@ -3,9 +3,13 @@
  * Contract, for every function below:
  *  - never blocks on the agent, never fails the workload, never returns NULL from tally_open;
  *  - tally_add, tally_set, tally_record and tally_admit are the hot path: no system call, no lock, no allocation,
- *    no clock read, safe from any number of threads at once;
- *  - with no agent, every call is a cheap no-op; the client re-checks for an agent off the hot path (at most every
- *    few seconds) and attaches by itself when one appears.
+ *    no clock read, in any state (attached, no agent, attaching), safe from any number of threads at once (a
+ *    thread's first call learns its thread id: its one system call);
+ *  - with no agent, calls count in the client's own memory; a background thread of the client (started by
+ *    tally_open) looks for the agent and attaches by itself when one appears, handing over what was counted, so
+ *    totals are exact from the first call (events: the first 1,024, the rest counted as dropped);
+ *  - fork() is safe: a child re-registers as its own process on its first call, its handles and counter ids stay
+ *    valid, and it never writes into its parent's segment.
  *
  * The names here are a stable ABI: they are only ever added to. See docs/workload-integration.md for examples and
  * docs/shm-format.md for what lands in shared memory. Compiles as C11 and as C++. */
@@ -89,11 +93,12 @@ typedef struct {
 /* Connects to the agent (socket: $TALLY_SOCKET, default /run/tally/tally.sock) and maps this client's segment.
  * `workload_name` is a display name only: the agent identifies the workload from the kernel (cgroup), never from
  * what the client claims. Waits for the agent's answer at most $TALLY_OPEN_TIMEOUT_MS (default 100 ms); an agent
- * that answers later is picked up off the hot path. Never returns NULL (a static no-op client when out of
- * memory). */
+ * that answers later is picked up by the client's background thread, which this starts. Never returns NULL (a
+ * static no-op client when out of memory). */
 TALLY_API tally_client *tally_open(const char *workload_name);
 
-/* Releases the segment. Other threads must have stopped using the client. NULL is ignored. */
+/* Stops the background thread and releases the segment. Other threads must have stopped using the client. NULL is
+ * ignored. */
 TALLY_API void tally_close(tally_client *client);
 
 /* Interns a label set once and returns a small handle, or 0 (none) when the set is malformed or the table is full
@@ -115,10 +120,12 @@ TALLY_API void tally_record(tally_client *client, uint32_t labels, const tally_r
 /* What the agent decided for this label set. TALLY_ALLOW with TALLY_REASON_NO_AGENT when not attached. */
 TALLY_API tally_admission tally_admit(tally_client *client, uint32_t labels);
 
-/* 1 when attached to an agent's segment, else 0. Attaching is re-tried here when due (off the hot path). */
+/* 1 when attached to a live segment of the agent, else 0 (not yet, or the agent quarantined the segment: the
+ * background thread is registering again). Not for the hot path (takes a lock). */
 TALLY_API int tally_attached(tally_client *client);
 
-/* Events this client could not queue because a lane was full (their counters are still exact). */
+/* Events this client could not queue because a lane was full, or that found no room while not attached (their
+ * counters are still exact). */
 TALLY_API uint64_t tally_dropped(tally_client *client);
 
 /* The last registration problem, as text (e.g. "tally: no agent at /run/tally/tally.sock: No such file or
