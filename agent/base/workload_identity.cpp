@@ -1,16 +1,23 @@
 #include "agent/base/workload_identity.hpp"
 
+#include <algorithm>
 #include <optional>
 #include <regex>
+#include <span>
+#include <utility>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "agent/base/proc.hpp"
 
 namespace tally {
 namespace {
 
-std::vector<std::string_view> split_path(std::string_view path) {
-  std::vector<std::string_view> parts;
+using Parts = std::vector<std::string_view>;
+
+Parts split_path(std::string_view path) {
+  Parts parts;
   std::size_t start = 0;
   while (start < path.size()) {
     std::size_t end = path.find('/', start);
@@ -19,6 +26,17 @@ std::vector<std::string_view> split_path(std::string_view path) {
     start = end + 1;
   }
   return parts;
+}
+
+// The components of `path` below `root` (none when it is `root` itself); nullopt when `path` is not within `root`.
+std::optional<std::span<const std::string_view>> below(const Parts& path, std::string_view root) {
+  const Parts anchor = split_path(root);
+  if (path.size() < anchor.size() || !std::equal(anchor.begin(), anchor.end(), path.begin())) return std::nullopt;
+  return std::span<const std::string_view>(path).subspan(anchor.size());
+}
+
+bool is_decimal(std::string_view s) {
+  return !s.empty() && s.find_first_not_of("0123456789") == std::string_view::npos;
 }
 
 bool is_hex_id(std::string_view s) {
@@ -43,6 +61,97 @@ std::optional<std::string> container_id(std::string_view part) {
   return std::nullopt;
 }
 
+// Where systemd puts a unit: at the end of a chain of slices, "a.slice/b.slice/foo.service/...": the index of the
+// unit. A name below the unit is the unit's (a Delegate=yes unit's subtree is named by whoever it delegates to).
+std::optional<std::size_t> unit_after_slices(std::span<const std::string_view> parts) {
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    if (parts[i].ends_with(".slice")) continue;
+    if (parts[i].ends_with(".service") || parts[i].ends_with(".scope")) return i;
+    return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+// A user's manager: <user root>/user-<U>.slice/user@<U>.service/<below>. Returns the uid and what is below.
+std::optional<std::pair<std::string_view, std::span<const std::string_view>>> in_user_manager(
+    const Parts& parts, const IdentityRules& rules) {
+  const auto rest = below(parts, rules.user_root);
+  if (!rest || rest->size() < 3) return std::nullopt;
+  const std::string_view slice = (*rest)[0], manager = (*rest)[1];
+  if (!slice.starts_with("user-") || !slice.ends_with(".slice")) return std::nullopt;
+  const std::string_view uid = slice.substr(5, slice.size() - 5 - 6);
+  if (!is_decimal(uid) || manager != fmt::format("user@{}.service", uid)) return std::nullopt;
+  return std::pair(uid, rest->subspan(2));
+}
+
+// kubelet's layout below its root: [QoS class/]pod<UID>[/<container>] (systemd driver:
+// kubepods-burstable.slice/kubepods-burstable-pod<UID with '_'>.slice/cri-containerd-<ID>.scope).
+bool kubernetes_pod(const Parts& parts, const IdentityRules& rules, WorkloadIdentity& identity) {
+  static const std::regex pod_re(R"((?:kubepods-(?:(?:burstable|besteffort|guaranteed)-)?)?pod)"
+                                 R"(([0-9a-fA-F]{8}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{12}))"
+                                 R"((?:\.slice)?)");
+  for (const std::string& root : rules.kubepods_roots) {
+    auto rest = below(parts, root);
+    if (!rest || rest->empty()) continue;
+    for (std::string_view qos : {"burstable", "besteffort", "guaranteed", "kubepods-burstable.slice",
+                                 "kubepods-besteffort.slice", "kubepods-guaranteed.slice"}) {
+      if (rest->front() == qos) {
+        *rest = rest->subspan(1);
+        break;
+      }
+    }
+    std::match_results<std::string_view::const_iterator> m;
+    if (rest->empty() || !std::regex_match(rest->front().begin(), rest->front().end(), m, pod_re)) continue;
+    std::string uid = m[1].str();
+    for (char& c : uid) c = c == '_' ? '-' : c;
+    identity.kind = WorkloadKind::kubernetes_pod;
+    identity.attributes["pod_uid"] = uid;
+    identity.id = "k8s:pod:" + uid;
+    if (rest->size() > 1) {
+      if (auto cid = container_id((*rest)[1])) {
+        identity.attributes["container_id"] = *cid;
+        identity.id += ":" + *cid;
+      }
+    }
+    return true;
+  }
+  return false;
+}
+
+// slurmstepd's layout below its root: job_<ID>/... (cgroup/v2), uid_<U>/job_<ID>/... (cgroup/v1).
+bool slurm_job(const Parts& parts, const IdentityRules& rules, WorkloadIdentity& identity) {
+  for (const std::string& root : rules.slurm_roots) {
+    auto rest = below(parts, root);
+    if (!rest || rest->empty()) continue;
+    if (rest->front().starts_with("uid_") && is_decimal(rest->front().substr(4))) *rest = rest->subspan(1);
+    if (rest->empty() || !rest->front().starts_with("job_") || !is_decimal(rest->front().substr(4))) continue;
+    const std::string job(rest->front().substr(4));
+    identity.kind = WorkloadKind::slurm_job;
+    identity.attributes["job_id"] = job;
+    identity.id = "slurm:job:" + job;
+    return true;
+  }
+  return false;
+}
+
+// A container engine's cgroup directly below one of its parents: docker-<ID>.scope (or cri-containerd-, crio-,
+// libpod-), or a bare <ID> (docker's cgroupfs driver: /docker/<ID>).
+bool container(const Parts& parts, const IdentityRules& rules, WorkloadIdentity& identity) {
+  for (const std::string& parent : rules.container_parents) {
+    const auto rest = below(parts, parent);
+    if (!rest || rest->empty()) continue;
+    const std::string_view part = rest->front();
+    if (!part.ends_with(".scope") && !is_hex_id(part)) continue;  // e.g. "docker-<ID>" is no engine's name
+    if (auto cid = container_id(part)) {
+      identity.kind = WorkloadKind::docker_container;
+      identity.attributes["container_id"] = *cid;
+      identity.id = "docker:" + *cid;
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 std::string_view to_string(WorkloadKind kind) {
@@ -51,6 +160,7 @@ std::string_view to_string(WorkloadKind kind) {
     case WorkloadKind::kubernetes_pod: return "kubernetes_pod";
     case WorkloadKind::slurm_job: return "slurm_job";
     case WorkloadKind::docker_container: return "docker_container";
+    case WorkloadKind::user_unit: return "user_unit";
     case WorkloadKind::process: return "process";
     case WorkloadKind::cgroup: return "cgroup";
   }
@@ -59,88 +169,70 @@ std::string_view to_string(WorkloadKind kind) {
 
 std::optional<WorkloadKind> workload_kind_from_string(std::string_view name) {
   for (auto kind : {WorkloadKind::systemd_unit, WorkloadKind::kubernetes_pod, WorkloadKind::slurm_job,
-                    WorkloadKind::docker_container, WorkloadKind::process, WorkloadKind::cgroup}) {
+                    WorkloadKind::docker_container, WorkloadKind::user_unit, WorkloadKind::process,
+                    WorkloadKind::cgroup}) {
     if (to_string(kind) == name) return kind;
   }
   return std::nullopt;
 }
 
-WorkloadIdentity identify_cgroup(std::string_view cgroup_path) {
+Result<void> check_cgroup_root(std::string_view path) {
+  if (!path.starts_with('/')) return make_error(ErrorCode::invalid_argument, "'{}' is not an absolute path", path);
+  if (path == "/") return {};
+  if (path.ends_with('/')) return make_error(ErrorCode::invalid_argument, "'{}' ends with '/'", path);
+  for (std::size_t start = 1; start <= path.size();) {
+    const std::size_t end = std::min(path.find('/', start), path.size());
+    const std::string_view part = path.substr(start, end - start);
+    if (part.empty() || part == "." || part == "..") {
+      return make_error(ErrorCode::invalid_argument, "'{}' has an empty, '.' or '..' component", path);
+    }
+    start = end + 1;
+  }
+  return {};
+}
+
+WorkloadIdentity identify_cgroup(std::string_view cgroup_path, const IdentityRules& rules) {
   WorkloadIdentity identity;
   identity.cgroup_path = std::string(cgroup_path.empty() ? "/" : cgroup_path);
-  const std::vector<std::string_view> parts = split_path(cgroup_path);
+  const Parts parts = split_path(cgroup_path);
   if (parts.empty()) {
     identity.kind = WorkloadKind::process;  // the root cgroup: identify_process fills in who
     identity.id = "process:";
     return identity;
   }
+  auto raw_path = [&] {
+    identity.kind = WorkloadKind::cgroup;
+    identity.id = "cgroup:" + identity.cgroup_path;
+    return identity;
+  };
 
-  // Kubernetes: a "kubepods" ancestor and a "pod<UID>" component (systemd driver: "kubepods-burstable-pod<uid>.slice"
-  // with '_' for '-'; cgroupfs driver: "pod<uid>").
-  bool kube = false;
-  for (auto p : parts) kube = kube || p.starts_with("kubepods");
-  if (kube) {
-    static const std::regex pod_re(R"(pod([0-9a-fA-F]{8}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{12}))");
-    for (std::size_t i = 0; i < parts.size(); ++i) {
-      std::match_results<std::string_view::const_iterator> m;
-      if (std::regex_search(parts[i].begin(), parts[i].end(), m, pod_re)) {
-        std::string uid = m[1].str();
-        for (char& c : uid) c = c == '_' ? '-' : c;
-        identity.kind = WorkloadKind::kubernetes_pod;
-        identity.attributes["pod_uid"] = uid;
-        identity.id = "k8s:pod:" + uid;
-        if (i + 1 < parts.size()) {
-          if (auto cid = container_id(parts[i + 1])) {
-            identity.attributes["container_id"] = *cid;
-            identity.id += ":" + *cid;
-          }
-        }
-        return identity;
-      }
+  // First, because its whole subtree is the user's to name: there, only the user's own units exist.
+  if (const auto user = in_user_manager(parts, rules)) {
+    const auto unit = unit_after_slices(user->second);
+    if (!unit) return raw_path();
+    const std::string_view name = user->second[*unit];
+    identity.kind = WorkloadKind::user_unit;
+    identity.attributes["uid"] = std::string(user->first);
+    identity.attributes["unit"] = std::string(name);
+    identity.id = fmt::format("user:{}:{}", user->first, name);
+    return identity;
+  }
+  if (kubernetes_pod(parts, rules, identity) || slurm_job(parts, rules, identity) ||
+      container(parts, rules, identity)) {
+    return identity;
+  }
+  if (const auto rest = below(parts, rules.systemd_root)) {
+    const auto unit = unit_after_slices(*rest);
+    // A user manager's subtree never names a system unit, even where [identity] user_root misses it.
+    const bool in_user_manager = unit && (*rest)[*unit].starts_with("user@") && *unit + 1 < rest->size();
+    if (unit && !in_user_manager) {
+      identity.kind = WorkloadKind::systemd_unit;
+      identity.attributes["unit"] = std::string((*rest)[*unit]);
+      identity.id = "systemd:" + std::string((*rest)[*unit]);
+      return identity;
     }
   }
-
-  // Slurm: ".../job_<ID>/..." (cgroup/v2 plugin: system.slice/slurmstepd.scope/job_<ID>/step_<N>/...).
-  for (auto p : parts) {
-    if (p.starts_with("job_") && p.size() > 4) {
-      const std::string_view job = p.substr(4);
-      if (job.find_first_not_of("0123456789") == std::string_view::npos) {
-        identity.kind = WorkloadKind::slurm_job;
-        identity.attributes["job_id"] = std::string(job);
-        identity.id = "slurm:job:" + std::string(job);
-        return identity;
-      }
-    }
-  }
-
-  // Docker: "/docker/<id>" (cgroupfs driver) or ".../docker-<id>.scope" (systemd driver).
-  for (std::size_t i = 0; i < parts.size(); ++i) {
-    const bool under_docker = i > 0 && parts[i - 1] == "docker";
-    if ((under_docker && is_hex_id(parts[i])) || (parts[i].starts_with("docker-") && parts[i].ends_with(".scope"))) {
-      if (auto cid = container_id(parts[i])) {
-        identity.kind = WorkloadKind::docker_container;
-        identity.attributes["container_id"] = *cid;
-        identity.id = "docker:" + *cid;
-        return identity;
-      }
-    }
-  }
-
-  // systemd: the deepest .service, else the deepest .scope (a session or a transient unit).
-  for (std::string_view suffix : {".service", ".scope"}) {
-    for (std::size_t i = parts.size(); i-- > 0;) {
-      if (parts[i].ends_with(suffix)) {
-        identity.kind = WorkloadKind::systemd_unit;
-        identity.attributes["unit"] = std::string(parts[i]);
-        identity.id = "systemd:" + std::string(parts[i]);
-        return identity;
-      }
-    }
-  }
-
-  identity.kind = WorkloadKind::cgroup;
-  identity.id = "cgroup:" + identity.cgroup_path;
-  return identity;
+  return raw_path();
 }
 
 WorkloadIdentity identify_root_process(pid_t pid, std::uint64_t start_ticks, std::string exe) {
@@ -154,13 +246,13 @@ WorkloadIdentity identify_root_process(pid_t pid, std::uint64_t start_ticks, std
   return identity;
 }
 
-Result<WorkloadIdentity> identify_process(const FsRoot& fs, pid_t pid) {
+Result<WorkloadIdentity> identify_process(const FsRoot& fs, pid_t pid, const IdentityRules& rules) {
   const auto path = read_process_cgroup(fs, pid);
   if (!path) {
     return make_error(ErrorCode::not_found, "{}: no cgroup entry (process gone?)",
                       fs.path("proc/" + std::to_string(pid) + "/cgroup").string());
   }
-  WorkloadIdentity identity = identify_cgroup(*path);
+  WorkloadIdentity identity = identify_cgroup(*path, rules);
   if (identity.kind != WorkloadKind::process) return identity;
   // Root cgroup: the process is its own workload, told apart from a later process with the same pid by its start
   // time.

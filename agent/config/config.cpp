@@ -124,6 +124,37 @@ Result<void> read_agent(const SchemaReader& reader, const toml::table& table, Ag
   TALLY_TRY(reader.read_string(table, "agent", "node_id", agent.node_id));
   TALLY_TRY(reader.read_string(table, "agent", "log_level", agent.log_level));
   TALLY_TRY(reader.read_path(table, "agent", "state_dir", agent.state_dir));
+  // A cgroup path as IdentityRules takes it (check_cgroup_root), or an array of them.
+  Result<void> read_cgroup_root(const toml::table& table, std::string_view section, std::string_view key,
+                                std::string& out) const {
+    TALLY_TRY(read_string(table, section, key, out));
+    const toml::node* node = table.get(key);
+    if (node == nullptr) return {};
+    if (auto valid = check_cgroup_root(out); !valid) {
+      return error_at(node->source(), full(section, key), valid.error().message);
+    }
+    return {};
+  }
+
+  Result<void> read_cgroup_roots(const toml::table& table, std::string_view section, std::string_view key,
+                                 std::vector<std::string>& out) const {
+    const toml::node* node = table.get(key);
+    if (node == nullptr) return {};
+    if (!node->is_array()) return error_at(node->source(), full(section, key), "expected an array of cgroup paths");
+    std::vector<std::string> values;
+    const toml::array& array = *node->as_array();
+    for (std::size_t i = 0; i < array.size(); ++i) {
+      const std::string item_key = fmt::format("{}[{}]", full(section, key), i);
+      if (!array[i].is_string()) return error_at(array[i].source(), item_key, "expected a string");
+      values.push_back(array[i].as_string()->get());
+      if (auto valid = check_cgroup_root(values.back()); !valid) {
+        return error_at(array[i].source(), item_key, valid.error().message);
+      }
+    }
+    out = std::move(values);
+    return {};
+  }
+
   TALLY_TRY(reader.read_uint(table, "agent", "checkpoint_interval_ms", 100, 3'600'000, agent.checkpoint_interval_ms));
   if (spdlog::level::from_str(agent.log_level) == spdlog::level::off && agent.log_level != "off") {
     return reader.error_at(table.get("log_level")->source(), "agent.log_level",
@@ -188,6 +219,16 @@ Result<void> read_tenant_rules(const SchemaReader& reader, const toml::table& ta
     const toml::table& rule_table = *array[i].as_table();
     TALLY_TRY(reader.reject_unknown(rule_table, key, {"uid", "cgroup_prefix", "tenants"}));
     shm::TenantRule rule;
+Result<void> read_identity(const SchemaReader& reader, const toml::table& table, IdentityRules& rules) {
+  TALLY_TRY(reader.reject_unknown(table, "identity",
+                                  {"kubepods_roots", "slurm_roots", "container_parents", "systemd_root", "user_root"}));
+  TALLY_TRY(reader.read_cgroup_roots(table, "identity", "kubepods_roots", rules.kubepods_roots));
+  TALLY_TRY(reader.read_cgroup_roots(table, "identity", "slurm_roots", rules.slurm_roots));
+  TALLY_TRY(reader.read_cgroup_roots(table, "identity", "container_parents", rules.container_parents));
+  TALLY_TRY(reader.read_cgroup_root(table, "identity", "systemd_root", rules.systemd_root));
+  return reader.read_cgroup_root(table, "identity", "user_root", rules.user_root);
+}
+
     if (const toml::node* uid = rule_table.get("uid")) {
       if (!uid->is_integer() || uid->as_integer()->get() < 0 || uid->as_integer()->get() > 0xfffffffe) {
         return reader.error_at(uid->source(), key + ".uid", "expected a uid (0 to 4294967294)");
@@ -250,7 +291,7 @@ Result<Config> parse_config(std::string_view toml_text, std::string_view source_
   }
   const SchemaReader reader(source_name);
   Config config;
-  TALLY_TRY(reader.reject_unknown(root, "", {"agent", "feed", "probes", "metering", "topology"}));
+  TALLY_TRY(reader.reject_unknown(root, "", {"agent", "feed", "probes", "metering", "topology", "identity"}));
 
   auto agent = reader.section(root, "agent");
   if (!agent) return agent.error();
@@ -296,3 +337,7 @@ Result<Config> load_config(const std::filesystem::path& path, bool must_exist) {
 }
 
 }  // namespace tally::agent
+
+  auto identity = reader.section(root, "identity");
+  if (!identity) return identity.error();
+  if (*identity) TALLY_TRY(read_identity(reader, **identity, config.identity));

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "agent/base/result.hpp"
+#include "agent/base/workload_identity.hpp"
 #include "agent/feed/endpoint.hpp"
 #include "collectors/kernel/bpf_probes.hpp"
 #include "shm/format/names.hpp"
@@ -87,6 +88,8 @@ Result<Config> parse_config(std::string_view toml_text, std::string_view source_
 
 // Reads and parses a file. A missing file is an error only when `must_exist` (the operator named it with
 // --config); otherwise the built-in defaults apply.
+  // Where each workload manager puts its cgroups ([identity], docs/configuration.md): read at start.
+  IdentityRules identity;
 Result<Config> load_config(const std::filesystem::path& path, bool must_exist);
 
 }  // namespace tally::agent

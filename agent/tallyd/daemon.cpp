@@ -298,6 +298,7 @@ class Daemon {
     options.pin_dir = config_.probes.pin_dir;
     options.counters_capacity = config_.probes.counters_capacity;
     options.instance_id = publisher_->identity().instance_id;
+    options.identity_rules = config_.identity;
     kernel_ = collectors::KernelSource::start(options);
     kernel_usage_ = std::make_unique<KernelUsageRecorder>(ledger_);
     const collectors::ProbeState& state = kernel_->state();
@@ -351,6 +352,7 @@ class Daemon {
     });
     if (!io || !tick) {
       spdlog::error("metering off: {}", !io ? io.error().message : tick.error().message);
+    options.identity_rules = config_.identity;
       return;
     }
     metering_ = std::move(*metering);

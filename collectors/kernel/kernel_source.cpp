@@ -110,7 +110,7 @@ std::optional<WorkloadIdentity> KernelSource::identity_of(std::uint64_t key) {
   } else if (key == root_cgroup_id_) {
     identity = root_cgroup();
   } else if (auto path = names_->path_of(key)) {
-    identity = identify_cgroup(*path);
+    identity = identify_cgroup(*path, options_.identity_rules);
   }
   if (identity) identities_[key] = *identity;
   return identity;
@@ -171,7 +171,7 @@ std::vector<KernelUsage> KernelSource::collect_sampled() {
     usage.traced = false;
     usage.identity = owner.pid != 0 ? identify_root_process(owner.pid, owner.start_ticks,
                                                              read_process_exe(options_.fs, owner.pid))
-                                    : identify_cgroup(owner.cgroup_path);
+                                    : identify_cgroup(owner.cgroup_path, options_.identity_rules);
     usage.totals.io_read_bytes = owner.total.read_bytes;
     usage.totals.io_write_bytes = owner.total.write_bytes;
     usage.final = !owner.live;

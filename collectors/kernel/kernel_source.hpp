@@ -56,6 +56,7 @@ struct KernelSourceOptions {
   std::filesystem::path pin_dir;  // where the probes are pinned (empty: not pinned)
   std::uint32_t counters_capacity = kDefaultCountersCapacity;
   FsRoot fs;
+  IdentityRules identity_rules;  // how a cgroup names its workload
   std::string instance_id;  // this agent's instance: names the sampled contributors
 };
 

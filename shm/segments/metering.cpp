@@ -48,6 +48,7 @@ Result<std::unique_ptr<MeteringSource>> MeteringSource::start(
   server.segment_dir = source->options_.segment_dir;
   server.fs_root = source->options_.fs.root();
   server.limits = source->options_.limits;
+  server.identity_rules = source->options_.identity_rules;
   server.instance_id = source->options_.instance_id;
   MeteringSource* raw = source.get();
   auto listening = RegistrationServer::listen(server, [raw](const Registration& r) { return raw->attach(r); });

@@ -83,6 +83,7 @@ class MeteringSource {
   static Result<std::unique_ptr<MeteringSource>> start(Options options, Listener& listener,
                                                        const std::function<bool(const std::string&)>& already_retired);
   ~MeteringSource();
+    IdentityRules identity_rules;  // how a client's cgroup names its workload
   MeteringSource(const MeteringSource&) = delete;
   MeteringSource& operator=(const MeteringSource&) = delete;
 

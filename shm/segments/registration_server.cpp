@@ -260,7 +260,7 @@ void RegistrationServer::serve(int fd) {
   }
   const FsRoot fs(options_.fs_root);
   const auto start_ticks = read_process_start_ticks(fs, cred.pid);
-  auto identity = identify_process(fs, cred.pid);
+  auto identity = identify_process(fs, cred.pid, options_.identity_rules);
   if (!start_ticks || !identity) {
     refuse(protocol::Status::internal,
            fmt::format("cannot identify pid {}: {}", cred.pid, identity ? "no start time" : identity.error().message));

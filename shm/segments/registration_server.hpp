@@ -72,6 +72,7 @@ class RegistrationServer {
   };
   // Called for each accepted client, after its segment exists and before the reply is sent. Returning an Error
   // refuses the client with that message (and removes the segment).
+    IdentityRules identity_rules;         // how a client's cgroup names its workload
   using OnRegistered = std::function<Result<void>(const Registration&)>;
 
   // Creates the directories, binds and listens. Refuses to take over a socket another live agent answers on; a
