@@ -2,6 +2,7 @@
 // socket. Any bytes must give a clean Error or a granted request the agent can build, never a crash or a sanitizer
 // report; and what is granted is a fixed point: sent again, it is granted as is. Seeds: the bytes the real client
 // library sends (registration_fuzz_seeds).
+#include <algorithm>
 #include <bit>
 #include <cstdint>
 #include <cstring>
@@ -33,20 +34,32 @@ SegmentLimits limits_variant(unsigned which) {
   return l;
 }
 
-void check_granted(const protocol::Request& sent, const GrantedRequest& g, const SegmentLimits& l) {
+// A template so that the cap on segment bytes is checked where SegmentLimits has one (a requires-expression
+// outside a template would not compile without it).
+template <typename Limits>
+void check_granted(const protocol::Request& sent, const GrantedRequest& g, const Limits& l) {
   // A shape within the limits, lanes a power of two: what create_segment and the reader expect.
   check(g.shape.lane_records >= format::kMinLaneRecords && g.shape.lane_records <= l.max_lane_records);
   check(std::has_single_bit(g.shape.lane_records));
   check(g.shape.slot_count >= 1 && g.shape.slot_count <= l.max_slots);
   check(g.shape.label_capacity >= 2 && g.shape.label_capacity <= l.max_label_sets);
-  // A wish inside the limits is granted as asked (lanes rounded up to a power of two, or down to the cap's).
-  if (sent.slot_count != 0 && sent.slot_count <= l.max_slots) check(g.shape.slot_count == sent.slot_count);
-  if (sent.label_capacity >= 2 && sent.label_capacity <= l.max_label_sets) {
-    check(g.shape.label_capacity == sent.label_capacity);
-  }
-  if (sent.lane_records >= format::kMinLaneRecords && sent.lane_records <= l.max_lane_records) {
-    check(g.shape.lane_records >= sent.lane_records ? g.shape.lane_records / 2 < sent.lane_records
-                                                     : g.shape.lane_records == std::bit_floor(l.max_lane_records));
+  // Never more than asked (the wish clamped into the limits, lanes rounded to a power of two), and no more
+  // segment than the cap allows where the limits have one; a wish for a small segment is granted as asked.
+  const std::uint32_t lanes = std::clamp(sent.lane_records == 0 ? l.default_lane_records : sent.lane_records,
+                                         format::kMinLaneRecords, l.max_lane_records);
+  const SegmentShape wish{std::clamp(sent.label_capacity == 0 ? l.default_label_sets : sent.label_capacity, 2u,
+                                     l.max_label_sets),
+                          std::clamp(sent.slot_count == 0 ? l.default_slots : sent.slot_count, 1u, l.max_slots),
+                          std::bit_ceil(std::min(lanes, std::bit_floor(l.max_lane_records)))};
+  check(g.shape.lane_records <= wish.lane_records && g.shape.slot_count <= wish.slot_count &&
+        g.shape.label_capacity <= wish.label_capacity);
+  const auto bytes_of = [](const SegmentShape& s) {
+    return format::compute_layout(s.label_capacity, s.slot_count, s.lane_records).segment_size;
+  };
+  if constexpr (requires { l.max_segment_bytes; }) check(bytes_of(g.shape) <= l.max_segment_bytes);
+  if (bytes_of(wish) <= (std::uint64_t{16} << 20)) {
+    check(g.shape.lane_records == wish.lane_records && g.shape.slot_count == wish.slot_count &&
+          g.shape.label_capacity == wish.label_capacity);
   }
   // The name: printable ASCII, at most 63 bytes, one for one with what was sent up to its first NUL.
   const std::size_t sent_length = strnlen(sent.workload_name, sizeof sent.workload_name - 1);
