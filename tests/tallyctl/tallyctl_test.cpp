@@ -3,9 +3,15 @@
 #include <signal.h>
 
 #include <gtest/gtest.h>
+
+#include <iterator>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <zmq.hpp>
 
+#include "agent/base/workload_identity.hpp"
+#include "agent/feed/usage_report.hpp"
+#include "agent/ledger/ledger.hpp"
 #include "tests/support/deadline.hpp"
 #include "tests/support/tallyd_process.hpp"
 #include "tally/v1/feed.pb.h"
@@ -177,6 +183,91 @@ TEST(TallyctlWatch, MalformedMessagesAreReportedAndSkipped) {
   const std::string marker = "\"sequence\":\"" + std::to_string(last + 1) + "\"";
   EXPECT_TRUE(wait_until([&] { return watch.stdout_text().find(marker) != std::string::npos; }));
   EXPECT_TRUE(watch.running());
+}
+
+// tallyctl top on known usage: three workloads in usage reports the agent's own encoder made from a ledger,
+// published through a PUB socket as the agent does. Rows come in order of cost (GPU time, then tokens per second)
+// and show the rates of the last report's interval and the totals, to the digit.
+TEST(TallyctlTop, RowsInOrderOfCostWithTheirRatesAndTotals) {
+  using ledger::Source;
+  ledger::Ledger ledger;
+  const auto requests = ledger.counter("requests", Source::client);
+  const auto tokens_in = ledger.counter("tokens_in", Source::client);
+  const auto tokens_out = ledger.counter("tokens_out", Source::client);
+  const auto gpu_ns = ledger.counter("gpu_time_ns", Source::client);
+  const auto dropped = ledger.counter("events_dropped", Source::client);
+  auto& gpu_heavy = ledger.workload(identify_cgroup("/system.slice/gpu-heavy.service"));
+  auto& token_heavy = ledger.workload(identify_cgroup("/system.slice/token-heavy.service"));
+  auto& light = ledger.workload(identify_cgroup("/system.slice/light.service"));
+  auto& g = ledger.label_set(gpu_heavy, "tenant=a");
+  auto& t = ledger.label_set(token_heavy, "tenant=b");
+  auto& l = ledger.label_set(light, "tenant=c");
+  // Before the first report: large totals, so that the rates below can only come from the last interval.
+  for (auto* ls : {&g, &t, &l}) {
+    ledger.add(*ls, requests, 1000);
+    ledger.add(*ls, tokens_in, 1'000'000);
+  }
+  ledger.add(ledger.label_set(token_heavy, ""), dropped, 7);
+  agent::UsageReportEncoder encoder;
+  auto envelope_of = [](const std::string& report, std::uint64_t sequence) {
+    v1::Envelope envelope;
+    envelope.set_node_id("node-top");
+    envelope.set_instance_id("instance-top");
+    envelope.set_sequence(sequence);
+    envelope.set_kind_sequence(sequence);
+    EXPECT_TRUE(envelope.mutable_usage()->ParseFromString(report));
+    return envelope.SerializeAsString();
+  };
+  const std::uint64_t t0 = 1'700'000'000'000'000'000ULL;
+  const std::string snapshot = envelope_of(encoder.encode(ledger, {t0, t0 + 10'000'000'000ULL, true, false}), 1);
+  ledger.mark_reported();
+  // The last interval, 2 s: gpu-heavy 3 GPU-seconds (1.50/s), 10 requests, 200 tokens; token-heavy no GPU,
+  // 40 requests, 10,000 tokens; light 2 requests, 20 tokens.
+  ledger.add(g, gpu_ns, 3'000'000'000ULL);
+  ledger.add(g, requests, 10);
+  ledger.add(g, tokens_in, 200);
+  ledger.add(t, requests, 40);
+  ledger.add(t, tokens_in, 8000);
+  ledger.add(t, tokens_out, 2000);
+  ledger.add(l, requests, 2);
+  ledger.add(l, tokens_in, 20);
+  const std::string report =
+      envelope_of(encoder.encode(ledger, {t0 + 10'000'000'000ULL, t0 + 12'000'000'000ULL, false, false}), 2);
+
+  FakeAgent agent;
+  Process top({TALLYCTL_PATH, "top", "--plain", "-e", agent.endpoint()});
+  // Snapshots until top draws one (a subscription takes a moment to propagate), then the report.
+  ASSERT_TRUE(wait_until([&] {
+    agent.send_raw("usage", snapshot);
+    return top.stdout_text().find("tally top: node node-top") != std::string::npos;
+  }, 20s, 20ms)) << "tallyctl top drew nothing; stderr:\n" << top.stderr_text();
+  agent.send_raw("usage", report);
+  ASSERT_TRUE(wait_until([&] { return top.stdout_text().find("interval 2.0s") != std::string::npos; }))
+      << top.stdout_text() << top.stderr_text();
+  top.signal(SIGTERM);
+  ASSERT_TRUE(top.wait(20s));
+  const std::string out = top.stdout_text();
+  std::istringstream screen(out.substr(out.rfind("tally top: node")));
+  std::vector<std::vector<std::string>> rows;  // the workload rows, as whitespace-separated columns
+  for (std::string line; std::getline(screen, line);) {
+    std::istringstream columns(line);
+    std::vector<std::string> row{std::istream_iterator<std::string>(columns), {}};
+    if (!row.empty() && row[0].starts_with("systemd:")) rows.push_back(row);
+  }
+  ASSERT_EQ(rows.size(), 3u) << out;
+  // WORKLOAD NAME? REQ/s TOK/s GPU ...: no names were given, so the columns start at REQ/s right after the id.
+  EXPECT_EQ(rows[0][0], gpu_heavy.identity.id) << out;
+  EXPECT_EQ(rows[1][0], token_heavy.identity.id) << out;
+  EXPECT_EQ(rows[2][0], light.identity.id) << out;
+  EXPECT_EQ((std::vector<std::string>{rows[0][1], rows[0][2], rows[0][3]}),
+            (std::vector<std::string>{"5.0", "100", "1.50"})) << out;
+  EXPECT_EQ((std::vector<std::string>{rows[1][1], rows[1][2], rows[1][3]}),
+            (std::vector<std::string>{"20.0", "5000", "0.00"})) << out;
+  EXPECT_EQ((std::vector<std::string>{rows[2][1], rows[2][2], rows[2][3]}),
+            (std::vector<std::string>{"1.0", "10", "0.00"})) << out;
+  // DROPPED, a total: after TTFT p50, TTFT p99, DUR p99 ("-": no requests recorded) and TOP1%TOK.
+  EXPECT_EQ(rows[1][8], "7") << out;
+  EXPECT_EQ(rows[0][8], "0") << out;
 }
 
 TEST(Tallyctl, HelpOnEverySubcommandAndVersion) {
