@@ -8,6 +8,14 @@ namespace {
 
 std::string pid_path(pid_t pid, std::string_view file) { return "proc/" + std::to_string(pid) + "/" + std::string(file); }
 
+// A plain decimal number, all of `text`: no sign, no space, no trailing garbage, no overflow.
+std::optional<std::uint64_t> parse_decimal(std::string_view text) {
+  std::uint64_t value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || ec != std::errc{} || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
 }  // namespace
 
 std::optional<pid_t> parse_pid(std::string_view text) {
@@ -17,46 +25,67 @@ std::optional<pid_t> parse_pid(std::string_view text) {
   return pid;
 }
 
+std::optional<std::uint64_t> parse_process_start_ticks(std::string_view stat) {
+  // The command name (field 2) is the process's to choose, parentheses and spaces included: fields start after
+  // the last ')'.
+  const auto close = stat.rfind(')');
+  if (close == std::string_view::npos || close + 2 > stat.size()) return std::nullopt;
+  std::string_view rest = stat.substr(close + 2);  // field 3 (state) onwards
+  rest = rest.substr(0, rest.find('\n'));  // one line
+  for (int field = 3;; ++field) {
+    const auto start = rest.find_first_not_of(' ');
+    if (start == std::string_view::npos) return std::nullopt;
+    rest.remove_prefix(start);
+    const std::string_view token = rest.substr(0, rest.find(' '));
+    if (field == 22) return parse_decimal(token);
+    rest.remove_prefix(token.size());
+  }
+}
+
 std::optional<std::uint64_t> read_process_start_ticks(const FsRoot& fs, pid_t pid) {
   const auto stat = fs.read_text(pid_path(pid, "stat"));
   if (!stat) return std::nullopt;
-  const auto close = stat->rfind(')');
-  if (close == std::string::npos || close + 2 > stat->size()) return std::nullopt;
-  std::istringstream fields(stat->substr(close + 2));  // field 3 (state) onwards
-  std::string field;
-  for (int i = 3; i < 22 && fields >> field; ++i) {
+  return parse_process_start_ticks(*stat);
+}
+
+std::optional<std::string> parse_process_cgroup(std::string_view text) {
+  std::optional<std::string_view> v2, systemd_v1;
+  while (!text.empty()) {
+    const auto end = text.find('\n');
+    const std::string_view line = text.substr(0, end);
+    text.remove_prefix(end == std::string_view::npos ? text.size() : end + 1);
+    if (line.starts_with("0::")) v2 = line.substr(3);
+    if (const auto p = line.find(":name=systemd:"); p != std::string_view::npos) systemd_v1 = line.substr(p + 14);
   }
-  std::uint64_t ticks = 0;
-  if (!(fields >> ticks)) return std::nullopt;
-  return ticks;
+  if (v2) return std::string(*v2);
+  if (systemd_v1) return std::string(*systemd_v1);
+  return std::nullopt;
 }
 
 std::optional<std::string> read_process_cgroup(const FsRoot& fs, pid_t pid) {
   const auto text = fs.read_text(pid_path(pid, "cgroup"));
   if (!text) return std::nullopt;
-  std::optional<std::string> v2, systemd_v1;
-  std::istringstream lines(*text);
-  for (std::string line; std::getline(lines, line);) {
-    if (line.starts_with("0::")) v2 = line.substr(3);
-    if (const auto p = line.find(":name=systemd:"); p != std::string::npos) systemd_v1 = line.substr(p + 14);
+  return parse_process_cgroup(*text);
+}
+
+std::optional<IoBytes> parse_process_io(std::string_view text) {
+  // "rchar: 323934931\nwchar: 323929600\nsyscr: 632687\n..."
+  std::optional<std::uint64_t> read, written;
+  while (!text.empty()) {
+    const auto end = text.find('\n');
+    const std::string_view line = text.substr(0, end);
+    text.remove_prefix(end == std::string_view::npos ? text.size() : end + 1);
+    if (line.starts_with("rchar: ")) read = parse_decimal(line.substr(7));
+    if (line.starts_with("wchar: ")) written = parse_decimal(line.substr(7));
   }
-  return v2 ? v2 : systemd_v1;
+  if (!read || !written) return std::nullopt;
+  return IoBytes{*read, *written};
 }
 
 std::optional<IoBytes> read_process_io(const FsRoot& fs, pid_t pid) {
   const auto text = fs.read_text(pid_path(pid, "io"));
   if (!text) return std::nullopt;
-  std::istringstream in(*text);
-  std::string key;
-  std::uint64_t value = 0;
-  IoBytes io;
-  bool read = false, written = false;
-  while (in >> key >> value) {
-    if (key == "rchar:") io.read_bytes = value, read = true;
-    if (key == "wchar:") io.write_bytes = value, written = true;
-  }
-  if (!read || !written) return std::nullopt;
-  return io;
+  return parse_process_io(*text);
 }
 
 std::string read_process_exe(const FsRoot& fs, pid_t pid) {

@@ -40,4 +40,10 @@ Result<std::filesystem::path> find_cgroup2_mount(const FsRoot& fs = FsRoot());
 // A pid from a /proc directory entry name; nullopt for anything that is not a positive decimal number.
 std::optional<pid_t> parse_pid(std::string_view text);
 
+// The parsers the readers above use, on a file's text: pure, so that they are fuzzed (tests/base/proc_fuzzer.cpp).
+// A number must be plain decimal that fits in 64 bits; anything else is malformed (nullopt).
+std::optional<std::uint64_t> parse_process_start_ticks(std::string_view stat);
+std::optional<std::string> parse_process_cgroup(std::string_view cgroup_file);
+std::optional<IoBytes> parse_process_io(std::string_view io_file);
+
 }  // namespace tally
