@@ -102,9 +102,11 @@ static_assert(sizeof(ProcessPage) == kPageBytes);
 
 namespace detail = tally_client_detail;
 
-// One page of state the process inherits, then the page a child gets zeroed: the hot path reads `process.epoch`
-// at a fixed offset from the handle, exactly as it read a plain member before.
+// The page a forked child gets zeroed, then one page of state the process inherits: the hot path reads
+// `process.epoch` at the handle itself, exactly as it read a plain member before.
 struct tally_client {
+  detail::ProcessPage process{};
+
   // --- immutable after tally_open ---
   bool inert = false;  // the static out-of-memory client: never attaches
   bool wiped_by_kernel = false;  // MADV_WIPEONFORK took: else the atfork child handler zeroes what it would have
@@ -152,10 +154,8 @@ struct tally_client {
   std::int64_t request_sent_ns = 0;
   std::int64_t next_attempt_ns = 0;
   std::uint32_t failures = 0;  // attempts in a row that did not attach: the backoff exponent
-
-  alignas(detail::kPageBytes) detail::ProcessPage process{};
 };
-// `process` is last and one page long: the first page holds everything else (the hot path finds the epoch at +4096).
+// `process` is first and one page long (aligned to a page): everything else fits in the second page.
 static_assert(sizeof(tally_client) == 2 * detail::kPageBytes);
 
 namespace {
@@ -259,7 +259,8 @@ struct OwnedSlots {
 
 tally_client g_inert_client;  // returned only when allocation fails
 
-struct ThreadCache {
+// What the fast path reads (client, epoch, fast_labels, counters) shares one cache line: the struct is aligned.
+struct alignas(64) ThreadCache {
   // Starts on a client no caller holds and an epoch no attach has, so the fast path's first comparison never
   // matches a fresh thread (nor a NULL client) and refresh() decides.
   const tally_client* client = &g_inert_client;
