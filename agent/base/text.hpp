@@ -11,6 +11,14 @@ namespace tally {
 // replaced by '?'.
 std::string printable_ascii(std::string_view text, std::size_t max_bytes = std::string_view::npos);
 
+// Whether `text` is well-formed UTF-8: no overlong forms, surrogates or code points past U+10FFFF.
+bool valid_utf8(std::string_view text);
+
+// `text` as printable, valid UTF-8, losslessly: control bytes, DEL, the backslash and every byte that is not part of a
+// well-formed UTF-8 sequence become \xNN (two hex digits); everything else is kept. Different inputs give different outputs, so
+// names the kernel accepts (a cgroup may be called almost anything) stay apart and can go on the wire and into JSON.
+std::string escape_bytes(std::string_view text);
+
 // `text` without leading and trailing spaces, tabs and line ends (sysfs and /proc values end in a newline).
 std::string_view trim(std::string_view text);
 

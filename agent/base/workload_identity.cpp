@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "agent/base/proc.hpp"
+#include "agent/base/text.hpp"
 
 namespace tally {
 namespace {
@@ -193,8 +194,10 @@ Result<void> check_cgroup_root(std::string_view path) {
 
 WorkloadIdentity identify_cgroup(std::string_view cgroup_path, const IdentityRules& rules) {
   WorkloadIdentity identity;
-  identity.cgroup_path = std::string(cgroup_path.empty() ? "/" : cgroup_path);
-  const Parts parts = split_path(cgroup_path);
+  // A cgroup may be named with any bytes but '/' and NUL (by whoever it is delegated to): ids, attributes and the path
+  // carry them escaped, so that every identity is valid UTF-8 on the wire and in JSON, and two names never merge.
+  identity.cgroup_path = cgroup_path.empty() ? "/" : escape_bytes(cgroup_path);
+  const Parts parts = split_path(identity.cgroup_path);
   if (parts.empty()) {
     identity.kind = WorkloadKind::process;  // the root cgroup: identify_process fills in who
     identity.id = "process:";
@@ -241,7 +244,7 @@ WorkloadIdentity identify_root_process(pid_t pid, std::uint64_t start_ticks, std
   identity.cgroup_path = "/";
   identity.attributes["pid"] = std::to_string(pid);
   identity.attributes["start_time"] = std::to_string(start_ticks);
-  identity.attributes["exe"] = std::move(exe);
+  identity.attributes["exe"] = escape_bytes(exe);  // a file name: any bytes
   identity.id = "process:" + std::to_string(pid) + ":" + std::to_string(start_ticks);
   return identity;
 }

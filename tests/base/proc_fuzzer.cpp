@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "agent/base/proc.hpp"
+#include "agent/base/text.hpp"
 #include "agent/base/workload_identity.hpp"
 
 namespace {
@@ -19,15 +20,6 @@ using namespace tally;
 
 void check(bool ok) {
   if (!ok) __builtin_trap();
-}
-
-bool is_utf8(std::string_view text) {
-  try {
-    (void)nlohmann::json(std::string(text)).dump();
-    return true;
-  } catch (const nlohmann::json::exception&) {
-    return false;
-  }
 }
 
 void fuzz_stat(std::string_view text) {
@@ -55,12 +47,13 @@ void fuzz_stat(std::string_view text) {
 void fuzz_identity(std::string_view path) {
   const WorkloadIdentity identity = identify_cgroup(path);
   check(!identity.id.empty());
-  check(identity.cgroup_path == (path.empty() ? std::string("/") : std::string(path)));
+  check(identity.cgroup_path == (path.empty() ? std::string("/") : escape_bytes(path)));
   check(identify_cgroup(path) == identity);
-  // Its JSON form (the segment's .meta file) is written as text and read back. Not yet for a path that is not
-  // UTF-8 (anyone may mkdir such a name below a delegated cgroup): its identity carries the raw bytes, which JSON
-  // text (and the feed's protobuf strings) cannot hold; dump() throws. Open in issue 10 (identity escapes them).
-  if (!is_utf8(path)) return;
+  // Anyone may name a cgroup below a delegated one with any bytes: what goes on the wire and into JSON is valid
+  // UTF-8 whatever they chose.
+  check(valid_utf8(identity.id) && valid_utf8(identity.cgroup_path));
+  for (const auto& [key, value] : identity.attributes) check(valid_utf8(value));
+  // Its JSON form (the segment's .meta file) is written as text and read back.
   const auto json = nlohmann::json::parse(to_json(identity).dump());
   const auto back = identity_from_json(json);
   check(back.has_value() && *back == identity);

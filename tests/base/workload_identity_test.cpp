@@ -200,6 +200,26 @@ TEST(IdentifyCgroup, AnythingElseIsTheRawPath) {
   EXPECT_EQ(identify_cgroup("/").kind, WorkloadKind::process);
 }
 
+// A cgroup can be named with any bytes but '/' and NUL by whoever it is delegated to. Raw, such a name made the
+// identity's JSON throw (tallyd terminated on that client's registration) and made every subscriber reject the whole
+// report (protobuf strings must be UTF-8).
+TEST(IdentifyCgroup, NamesOfAnyBytesAreEscapedValidUtf8AndStayApart) {
+  const std::string user_dir = std::string(kUserManager) + "/app.slice/";
+  const auto invalid = identify_cgroup(user_dir + "bad\xff\x01name\\.service");
+  EXPECT_EQ(invalid.id, "user:1000:bad\\xff\\x01name\\x5c.service");
+  EXPECT_EQ(invalid.cgroup_path, user_dir + "bad\\xff\\x01name\\x5c.service");
+  EXPECT_NO_THROW((void)to_json(invalid).dump());
+  const auto back = identity_from_json(nlohmann::json::parse(to_json(invalid).dump()));
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(*back, invalid);
+
+  // Well-formed UTF-8 is kept as it is; a name that spells an escape stays apart from the bytes it spells.
+  EXPECT_EQ(identify_cgroup("/caf\xc3\xa9/x").id, "cgroup:/caf\xc3\xa9/x");
+  EXPECT_NE(identify_cgroup("/a\\xff").id, identify_cgroup("/a\xff").id);
+  EXPECT_EQ(identify_cgroup("/a\xc0\xaf").id, "cgroup:/a\\xc0\\xaf");  // an overlong '/' is not a separator
+  EXPECT_EQ(identify_root_process(7, 9, "/tmp/\xfe").attributes.at("exe"), "/tmp/\\xfe");
+}
+
 TEST(IdentityJson, EveryKindRoundTrips) {
   for (const std::string& path :
        {std::string(kUserManager) + "/app.slice/jupyter.service", std::string("/system.slice/a.service"),
