@@ -9,6 +9,18 @@
 #include <toml++/toml.h>
 
 namespace tally::agent {
+
+std::optional<std::uint32_t> socket_mode_of(std::string_view text) {
+  if (text.empty() || text.size() > 4) return std::nullopt;
+  std::uint32_t mode = 0;
+  for (char c : text) {
+    if (c < '0' || c > '7') return std::nullopt;
+    mode = mode * 8 + static_cast<std::uint32_t>(c - '0');
+  }
+  if (mode > 0777) return std::nullopt;
+  return mode;
+}
+
 namespace {
 
 // Walks one parsed document, checking each key against the schema and remembering the first problem with its
@@ -112,18 +124,6 @@ class SchemaReader {
     return {};
   }
 
- private:
-  static std::string full(std::string_view section, std::string_view key) {
-    return fmt::format("{}.{}", section, key);
-  }
-  std::string source_;
-};
-
-Result<void> read_agent(const SchemaReader& reader, const toml::table& table, AgentSection& agent) {
-  TALLY_TRY(reader.reject_unknown(table, "agent", {"node_id", "log_level", "state_dir", "checkpoint_interval_ms"}));
-  TALLY_TRY(reader.read_string(table, "agent", "node_id", agent.node_id));
-  TALLY_TRY(reader.read_string(table, "agent", "log_level", agent.log_level));
-  TALLY_TRY(reader.read_path(table, "agent", "state_dir", agent.state_dir));
   // A cgroup path as IdentityRules takes it (check_cgroup_root), or an array of them.
   Result<void> read_cgroup_root(const toml::table& table, std::string_view section, std::string_view key,
                                 std::string& out) const {
@@ -155,6 +155,18 @@ Result<void> read_agent(const SchemaReader& reader, const toml::table& table, Ag
     return {};
   }
 
+ private:
+  static std::string full(std::string_view section, std::string_view key) {
+    return fmt::format("{}.{}", section, key);
+  }
+  std::string source_;
+};
+
+Result<void> read_agent(const SchemaReader& reader, const toml::table& table, AgentSection& agent) {
+  TALLY_TRY(reader.reject_unknown(table, "agent", {"node_id", "log_level", "state_dir", "checkpoint_interval_ms"}));
+  TALLY_TRY(reader.read_string(table, "agent", "node_id", agent.node_id));
+  TALLY_TRY(reader.read_string(table, "agent", "log_level", agent.log_level));
+  TALLY_TRY(reader.read_path(table, "agent", "state_dir", agent.state_dir));
   TALLY_TRY(reader.read_uint(table, "agent", "checkpoint_interval_ms", 100, 3'600'000, agent.checkpoint_interval_ms));
   if (spdlog::level::from_str(agent.log_level) == spdlog::level::off && agent.log_level != "off") {
     return reader.error_at(table.get("log_level")->source(), "agent.log_level",
@@ -207,6 +219,16 @@ Result<void> read_probes(const SchemaReader& reader, const toml::table& table, P
   return reader.read_uint(table, "probes", "counters_capacity", 16, 1u << 24, probes.counters_capacity);
 }
 
+Result<void> read_identity(const SchemaReader& reader, const toml::table& table, IdentityRules& rules) {
+  TALLY_TRY(reader.reject_unknown(table, "identity",
+                                  {"kubepods_roots", "slurm_roots", "container_parents", "systemd_root", "user_root"}));
+  TALLY_TRY(reader.read_cgroup_roots(table, "identity", "kubepods_roots", rules.kubepods_roots));
+  TALLY_TRY(reader.read_cgroup_roots(table, "identity", "slurm_roots", rules.slurm_roots));
+  TALLY_TRY(reader.read_cgroup_roots(table, "identity", "container_parents", rules.container_parents));
+  TALLY_TRY(reader.read_cgroup_root(table, "identity", "systemd_root", rules.systemd_root));
+  return reader.read_cgroup_root(table, "identity", "user_root", rules.user_root);
+}
+
 Result<void> read_tenant_rules(const SchemaReader& reader, const toml::table& table,
                                std::vector<shm::TenantRule>& rules) {
   const toml::node* node = table.get("tenant_rules");
@@ -219,16 +241,6 @@ Result<void> read_tenant_rules(const SchemaReader& reader, const toml::table& ta
     const toml::table& rule_table = *array[i].as_table();
     TALLY_TRY(reader.reject_unknown(rule_table, key, {"uid", "cgroup_prefix", "tenants"}));
     shm::TenantRule rule;
-Result<void> read_identity(const SchemaReader& reader, const toml::table& table, IdentityRules& rules) {
-  TALLY_TRY(reader.reject_unknown(table, "identity",
-                                  {"kubepods_roots", "slurm_roots", "container_parents", "systemd_root", "user_root"}));
-  TALLY_TRY(reader.read_cgroup_roots(table, "identity", "kubepods_roots", rules.kubepods_roots));
-  TALLY_TRY(reader.read_cgroup_roots(table, "identity", "slurm_roots", rules.slurm_roots));
-  TALLY_TRY(reader.read_cgroup_roots(table, "identity", "container_parents", rules.container_parents));
-  TALLY_TRY(reader.read_cgroup_root(table, "identity", "systemd_root", rules.systemd_root));
-  return reader.read_cgroup_root(table, "identity", "user_root", rules.user_root);
-}
-
     if (const toml::node* uid = rule_table.get("uid")) {
       if (!uid->is_integer() || uid->as_integer()->get() < 0 || uid->as_integer()->get() > 0xfffffffe) {
         return reader.error_at(uid->source(), key + ".uid", "expected a uid (0 to 4294967294)");
@@ -257,7 +269,10 @@ Result<void> read_metering(const SchemaReader& reader, const toml::table& table,
                            std::string& state_dir) {
   TALLY_TRY(reader.reject_unknown(table, "metering",
                                   {"enabled", "socket", "runtime_dir", "state_dir", "drain_interval_ms", "retention_s",
-                                   "lane_records", "slots", "label_sets", "tenant_rules"}));
+                                   "lane_records", "slots", "label_sets", "tenant_rules", "max_slots",
+                                   "max_label_sets", "max_lane_records", "max_segment_mib", "max_segments_per_uid",
+                                   "max_segments_per_cgroup", "max_mib_per_uid", "drain_budget", "socket_mode",
+                                   "socket_group"}));
   TALLY_TRY(reader.read_bool(table, "metering", "enabled", m.enabled));
   TALLY_TRY(reader.read_string(table, "metering", "socket", m.socket));
   TALLY_TRY(reader.read_string(table, "metering", "runtime_dir", m.runtime_dir));
@@ -268,6 +283,20 @@ Result<void> read_metering(const SchemaReader& reader, const toml::table& table,
   TALLY_TRY(reader.read_uint(table, "metering", "lane_records", 2, 65'536, m.lane_records));
   TALLY_TRY(reader.read_uint(table, "metering", "slots", 1, 1024, m.slots));
   TALLY_TRY(reader.read_uint(table, "metering", "label_sets", 2, 4096, m.label_sets));
+  TALLY_TRY(reader.read_uint(table, "metering", "max_slots", 1, 1024, m.max_slots));
+  TALLY_TRY(reader.read_uint(table, "metering", "max_label_sets", 2, 4096, m.max_label_sets));
+  TALLY_TRY(reader.read_uint(table, "metering", "max_lane_records", 2, 65'536, m.max_lane_records));
+  TALLY_TRY(reader.read_uint(table, "metering", "max_segment_mib", 1, 16'384, m.max_segment_mib));
+  TALLY_TRY(reader.read_uint(table, "metering", "max_segments_per_uid", 1, 1'000'000, m.max_segments_per_uid));
+  TALLY_TRY(reader.read_uint(table, "metering", "max_segments_per_cgroup", 1, 1'000'000, m.max_segments_per_cgroup));
+  TALLY_TRY(reader.read_uint(table, "metering", "max_mib_per_uid", 1, 1'048'576, m.max_mib_per_uid));
+  TALLY_TRY(reader.read_uint(table, "metering", "drain_budget", 1, 16'777'216, m.drain_budget));
+  TALLY_TRY(reader.read_string(table, "metering", "socket_mode", m.socket_mode));
+  TALLY_TRY(reader.read_string(table, "metering", "socket_group", m.socket_group));
+  if (!socket_mode_of(m.socket_mode)) {
+    return reader.error_at(table.get("socket_mode")->source(), "metering.socket_mode",
+                           "expected an octal mode such as \"0666\" or \"0660\" (at most 0777)");
+  }
   for (std::string_view key : {"socket", "runtime_dir"}) {
     const toml::node* node = table.get(key);
     const std::string& value = key == "socket" ? m.socket : m.runtime_dir;
@@ -319,6 +348,10 @@ Result<Config> parse_config(std::string_view toml_text, std::string_view source_
   auto topology = reader.section(root, "topology");
   if (!topology) return topology.error();
   if (*topology) TALLY_TRY(read_topology(reader, **topology, config.topology));
+
+  auto identity = reader.section(root, "identity");
+  if (!identity) return identity.error();
+  if (*identity) TALLY_TRY(read_identity(reader, **identity, config.identity));
   return config;
 }
 
@@ -337,7 +370,3 @@ Result<Config> load_config(const std::filesystem::path& path, bool must_exist) {
 }
 
 }  // namespace tally::agent
-
-  auto identity = reader.section(root, "identity");
-  if (!identity) return identity.error();
-  if (*identity) TALLY_TRY(read_identity(reader, **identity, config.identity));

@@ -62,6 +62,14 @@ struct MeteringSection {
   std::uint32_t lane_records = shm::format::kDefaultLaneRecords;  // events per thread lane (clients may ask 2..65536)
   std::uint32_t slots = shm::format::kDefaultSlots;               // default per-thread slots per client
   std::uint32_t label_sets = shm::format::kDefaultLabelSets;      // default label sets per client
+  // Bounds per client (docs/operations.md, "Bounds"): the largest shape a client may ask for, and no segment larger
+  // than max_segment_mib; segments and segment bytes per uid, segments per cgroup; events one drain takes from one
+  // segment (the rest wait in its lanes).
+  std::uint32_t max_slots = 256, max_label_sets = 4096, max_lane_records = 65536, max_segment_mib = 64;
+  std::uint32_t max_segments_per_uid = 1024, max_segments_per_cgroup = 1024, max_mib_per_uid = 8192;
+  std::uint32_t drain_budget = 65536;
+  std::string socket_mode = "0666";  // the registration socket's mode (octal) and group ("": the agent's)
+  std::string socket_group;
   std::vector<shm::TenantRule> tenant_rules;
   bool operator==(const MeteringSection&) const = default;
 };
@@ -80,16 +88,19 @@ struct Config {
   ProbesSection probes;
   MeteringSection metering;
   TopologySection topology;
+  // Where each workload manager puts its cgroups ([identity], docs/configuration.md): read at start.
+  IdentityRules identity;
   bool operator==(const Config&) const = default;
 };
+
+// [metering] socket_mode as a mode: an octal string of at most 0777 ("0666", "660"); nullopt when it is not one.
+std::optional<std::uint32_t> socket_mode_of(std::string_view text);
 
 // Parses TOML text; `source_name` is the file name used in error messages.
 Result<Config> parse_config(std::string_view toml_text, std::string_view source_name);
 
 // Reads and parses a file. A missing file is an error only when `must_exist` (the operator named it with
 // --config); otherwise the built-in defaults apply.
-  // Where each workload manager puts its cgroups ([identity], docs/configuration.md): read at start.
-  IdentityRules identity;
 Result<Config> load_config(const std::filesystem::path& path, bool must_exist);
 
 }  // namespace tally::agent

@@ -1,5 +1,6 @@
 #include "agent/tallyd/daemon.hpp"
 
+#include <grp.h>
 #include <sys/epoll.h>
 
 #include <chrono>
@@ -297,8 +298,8 @@ class Daemon {
     options.probes_enabled = config_.probes.enabled;
     options.pin_dir = config_.probes.pin_dir;
     options.counters_capacity = config_.probes.counters_capacity;
-    options.instance_id = publisher_->identity().instance_id;
     options.identity_rules = config_.identity;
+    options.instance_id = publisher_->identity().instance_id;
     kernel_ = collectors::KernelSource::start(options);
     kernel_usage_ = std::make_unique<KernelUsageRecorder>(ledger_);
     const collectors::ProbeState& state = kernel_->state();
@@ -331,9 +332,27 @@ class Daemon {
     options.segment_dir = std::filesystem::path(config_.metering.runtime_dir) / "segments";
     options.limits.default_lane_records = config_.metering.lane_records;
     options.limits.default_slots = config_.metering.slots;
-    options.limits.max_slots = std::max<std::uint32_t>(config_.metering.slots, 256);
     options.limits.default_label_sets = config_.metering.label_sets;
+    const MeteringSection& m = config_.metering;
+    options.limits.max_slots = std::max(m.max_slots, m.slots);  // the default shape is always grantable
+    options.limits.max_label_sets = std::max(m.max_label_sets, m.label_sets);
+    options.limits.max_lane_records = std::max(m.max_lane_records, m.lane_records);
+    options.limits.max_segment_bytes = std::uint64_t{m.max_segment_mib} << 20;
+    options.max_segments_per_uid = m.max_segments_per_uid;
+    options.max_segments_per_cgroup = m.max_segments_per_cgroup;
+    options.max_bytes_per_uid = std::uint64_t{m.max_mib_per_uid} << 20;
+    options.drain_budget = m.drain_budget;
+    options.socket_mode = socket_mode_of(m.socket_mode).value_or(0666);  // checked when the file was read
+    if (!m.socket_group.empty()) {
+      const group* g = ::getgrnam(m.socket_group.c_str());
+      if (g == nullptr) {
+        spdlog::error("metering off: [metering] socket_group '{}' is not a group on this node", m.socket_group);
+        return;
+      }
+      options.socket_group = g->gr_gid;
+    }
     options.tenant_rules = config_.metering.tenant_rules;
+    options.identity_rules = config_.identity;
     options.instance_id = publisher_->identity().instance_id;
     auto metering = shm::MeteringSource::start(options, *client_usage_, [this](const std::string& name) {
       return ledger_.is_retired(ClientUsage::contributor_key(name));
@@ -352,7 +371,6 @@ class Daemon {
     });
     if (!io || !tick) {
       spdlog::error("metering off: {}", !io ? io.error().message : tick.error().message);
-    options.identity_rules = config_.identity;
       return;
     }
     metering_ = std::move(*metering);

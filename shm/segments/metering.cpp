@@ -2,6 +2,7 @@
 
 #include <poll.h>
 #include <sys/epoll.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -23,16 +24,16 @@ constexpr std::uint64_t kRegistrationTag = 0;
 constexpr std::uint64_t kMaxSegmentBytes = std::uint64_t{1} << 34;
 constexpr std::uint64_t kMaxControlBytes = std::uint64_t{1} << 24;
 
-// A descriptor that becomes readable when `producer` exits; nullopt when it is gone already (or was never this
-// process: a reused pid with another start time).
-std::optional<UniqueFd> watch_producer(const FsRoot& fs, const Producer& producer) {
-  // The raw system call (Linux 5.3+): glibc 2.36's <sys/pidfd.h> declares pidfd_open without C linkage.
-  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, producer.pid, 0)));
-  if (!pidfd) return std::nullopt;
-  // Opened first, checked second: a pid reused between the two would show another start time here.
-  const auto ticks = read_process_start_ticks(fs, producer.pid);
-  if (!ticks || *ticks != producer.start_ticks) return std::nullopt;
-  return pidfd;
+constexpr std::uint64_t kExitTag = 1;
+
+// pidfd_open, the raw system call (Linux 5.3+): glibc 2.36's <sys/pidfd.h> declares it without C linkage.
+UniqueFd open_pidfd(pid_t pid) { return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0))); }
+
+// After /proc/PID/stat could not be read: true only when the pid is gone for sure. stat() needs no descriptor, so
+// it answers even when the agent is out of them (EMFILE), where reading the file cannot.
+bool proc_entry_gone(const FsRoot& fs, pid_t pid) {
+  struct stat st {};
+  return ::stat(fs.path(fmt::format("proc/{}", pid)).c_str(), &st) != 0 && (errno == ENOENT || errno == ESRCH);
 }
 
 }  // namespace
@@ -47,10 +48,15 @@ Result<std::unique_ptr<MeteringSource>> MeteringSource::start(
   server.socket_path = source->options_.socket_path;
   server.segment_dir = source->options_.segment_dir;
   server.fs_root = source->options_.fs.root();
-  server.limits = source->options_.limits;
   server.identity_rules = source->options_.identity_rules;
+  server.limits = source->options_.limits;
   server.instance_id = source->options_.instance_id;
+  server.socket_mode = source->options_.socket_mode;
+  server.socket_group = source->options_.socket_group;
   MeteringSource* raw = source.get();
+  server.admit = [raw](const Producer& p, const WorkloadIdentity& id, const SegmentShape& shape) {
+    return raw->admit(p, id, shape);
+  };
   auto listening = RegistrationServer::listen(server, [raw](const Registration& r) { return raw->attach(r); });
   if (!listening) return listening.error();
   source->server_ = std::move(*listening);
@@ -90,6 +96,8 @@ void MeteringSource::restore(const std::function<bool(const std::string&)>& alre
     registration->control_path = control_path_of(path);
     if (auto done = attach(*registration); !done) {
       spdlog::error("metering: cannot re-attach {}: {}", path.string(), done.error().message);
+      // Out of descriptors or memory for now: tried again at each sync, its producer's usage is still there.
+      if (done.error().code == ErrorCode::io) reattach_.push_back(*registration);
     } else {
       ++attached;
     }
@@ -110,10 +118,10 @@ Result<void> MeteringSource::attach(const Registration& registration) {
     segment->control.emplace(std::move(*control));
   }
   auto reader = SegmentReader::attach(segment->file.bytes());
-  if (auto pidfd = watch_producer(options_.fs, registration.producer)) segment->pidfd = std::move(*pidfd);
   segments_.push_back(std::move(segment));
   watches_.emplace_back();
   Segment& s = *segments_.back();
+  count(s, +1);
   listener_.on_attached(s);
   if (!reader) {
     retire(segments_.size() - 1, reader.error().message);
@@ -121,14 +129,78 @@ Result<void> MeteringSource::attach(const Registration& registration) {
   }
   s.reader.emplace(std::move(*reader));
   watches_.back().heads = s.reader->lane_heads();
-  if (s.pidfd) {
-    epoll_event event{};
-    event.events = EPOLLIN;
-    event.data.ptr = &s;
-    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, s.pidfd.get(), &event) != 0) s.pidfd.reset();
-  }
-  // Without a pidfd the producer is gone already (or cannot be watched): the next on_exits() retires it.
+  // A producer gone already is retired by the next on_exits(); one that cannot be watched now stays live.
+  if (liveness(s) == Liveness::unknown) unwatched_ = true;
   return {};
+}
+
+MeteringSource::Liveness MeteringSource::liveness(Segment& s) {
+  auto exited_now = [](const UniqueFd& pidfd) {
+    pollfd p{pidfd.get(), POLLIN, 0};
+    const int ready = ::poll(&p, 1, 0);
+    return ready > 0 ? Liveness::exited : ready == 0 ? Liveness::alive : Liveness::unknown;
+  };
+  if (s.pidfd) return exited_now(*s.pidfd);
+  const Producer& producer = s.registration.producer;
+  const auto key = std::make_pair(producer.pid, producer.start_ticks);
+  if (auto shared = producers_[key].lock()) {  // another segment of the same process is watched already
+    s.pidfd = std::move(shared);
+    return exited_now(*s.pidfd);
+  }
+  UniqueFd pidfd = open_pidfd(producer.pid);
+  if (!pidfd && errno == ESRCH) return Liveness::exited;
+  // Opened first, checked second: a pid reused between the two would show another start time here.
+  const auto ticks = read_process_start_ticks(options_.fs, producer.pid);
+  if (!ticks) return proc_entry_gone(options_.fs, producer.pid) ? Liveness::exited : Liveness::unknown;
+  if (*ticks != producer.start_ticks) return Liveness::exited;
+  if (!pidfd) return Liveness::unknown;  // alive, but no descriptor to watch it with (EMFILE): checked again
+  epoll_event event{};
+  event.events = EPOLLIN;
+  event.data.u64 = kExitTag;
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, pidfd.get(), &event) != 0) return Liveness::unknown;
+  s.pidfd = std::make_shared<const UniqueFd>(std::move(pidfd));
+  producers_[key] = s.pidfd;
+  return exited_now(*s.pidfd);
+}
+
+Result<void> MeteringSource::admit(const Producer& producer, const WorkloadIdentity& identity,
+                                   const SegmentShape& shape) const {
+  const std::uint64_t bytes =
+      format::compute_layout(shape.label_capacity, shape.slot_count, shape.lane_records).segment_size;
+  const auto uid = by_uid_.find(producer.uid);
+  const Share share = uid == by_uid_.end() ? Share{} : uid->second;
+  if (share.segments >= options_.max_segments_per_uid) {
+    return make_error(ErrorCode::invalid_argument, "uid {} holds {} segments, the most allowed ([metering] "
+                      "max_segments_per_uid); retry after some of its processes exit", producer.uid, share.segments);
+  }
+  if (share.bytes + bytes > options_.max_bytes_per_uid) {
+    return make_error(ErrorCode::invalid_argument, "uid {} holds {} MiB of segments; {} MiB more would pass "
+                      "[metering] max_mib_per_uid ({} MiB)", producer.uid, share.bytes >> 20, (bytes + (1 << 20) - 1) >> 20,
+                      options_.max_bytes_per_uid >> 20);
+  }
+  const auto cgroup = by_cgroup_.find(identity.cgroup_path);
+  if (cgroup != by_cgroup_.end() && cgroup->second >= options_.max_segments_per_cgroup) {
+    return make_error(ErrorCode::invalid_argument, "cgroup {} holds {} segments, the most allowed ([metering] "
+                      "max_segments_per_cgroup)", identity.cgroup_path, cgroup->second);
+  }
+  return {};
+}
+
+void MeteringSource::count(const Segment& segment, int sign) {
+  Share& share = by_uid_[segment.registration.producer.uid];
+  std::size_t& in_cgroup = by_cgroup_[segment.registration.identity.cgroup_path];
+  const std::uint64_t bytes = segment.file.bytes().size();
+  if (sign > 0) {
+    ++share.segments;
+    share.bytes += bytes;
+    ++in_cgroup;
+    return;
+  }
+  --share.segments;
+  share.bytes -= bytes;
+  --in_cgroup;
+  if (share.segments == 0) by_uid_.erase(segment.registration.producer.uid);
+  if (in_cgroup == 0) by_cgroup_.erase(segment.registration.identity.cgroup_path);
 }
 
 void MeteringSource::on_readable() {
@@ -146,14 +218,14 @@ void MeteringSource::on_readable() {
 }
 
 void MeteringSource::on_exits() {
+  unwatched_ = false;
   for (std::size_t i = 0; i < segments_.size();) {
     Segment& s = *segments_[i];
-    if (s.pidfd) {
-      pollfd p{s.pidfd.get(), POLLIN, 0};
-      if (::poll(&p, 1, 0) == 0) {  // still running
-        ++i;
-        continue;
-      }
+    const Liveness state = liveness(s);
+    if (state != Liveness::exited) {  // running, or not known for sure: a live segment is never retired on a guess
+      unwatched_ = unwatched_ || state == Liveness::unknown;
+      ++i;
+      continue;
     }
     // The producer exited: one last read of everything, then the segment is final.
     if (auto reason = read_one(s, Read::everything)) {
@@ -214,7 +286,9 @@ std::optional<std::string> MeteringSource::read_one(Segment& segment, Read read)
   events_.clear();
   segment.changed.clear();
   const std::size_t known = segment.label_sets.size();
-  Result<void> done = read != Read::totals ? segment.reader->drain_events(events_) : Result<void>();
+  // A producer's last read takes everything; otherwise each segment gets its budget per drain.
+  const std::uint64_t budget = read == Read::everything ? UINT64_MAX : options_.drain_budget;
+  Result<void> done = read != Read::totals ? segment.reader->drain_events(events_, budget) : Result<void>();
   if (done && read != Read::events) {
     done = segment.reader->read_totals();
     if (done) segment.changed = segment.reader->changed();
@@ -280,17 +354,36 @@ void MeteringSource::drain(bool every) {
     if (auto reason = read_one(*segments_[i], Read::events)) {
       retire(i, *reason);
     } else {
+      if (segments_[i]->reader->backlog()) watches_[i].used = UINT32_MAX;  // cut short: read again next time
       ++i;
     }
   }
 }
-void MeteringSource::sync(bool every) { read_all(Read::totals, every); }
+void MeteringSource::sync(bool every) {
+  if (!reattach_.empty()) {
+    auto waiting = std::exchange(reattach_, {});
+    for (const Registration& r : waiting) {
+      if (auto done = attach(r); !done && done.error().code == ErrorCode::io) reattach_.push_back(r);
+    }
+  }
+  if (unwatched_) on_exits();
+  read_all(Read::totals, every);
+}
 
 void MeteringSource::retire(std::size_t index, const std::string& quarantine_reason) {
   std::unique_ptr<Segment> segment = std::move(segments_[index]);
   segments_.erase(segments_.begin() + static_cast<std::ptrdiff_t>(index));
+  count(*segment, -1);
   watches_.erase(watches_.begin() + static_cast<std::ptrdiff_t>(index));
-  if (segment->pidfd) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, segment->pidfd.get(), nullptr);
+  if (segment->pidfd && segment->pidfd.use_count() == 1) {  // the producer's last segment: its pidfd closes now
+    producers_.erase({segment->registration.producer.pid, segment->registration.producer.start_ticks});
+  }
+  // Told before anything else: a client that sees the state word leaves this segment and registers again, off its
+  // hot path. Its control file is read-only to it, so only the agent can say so.
+  if (segment->control && segment->control->bytes().size() >= sizeof(format::ControlHeader)) {
+    auto& control = *reinterpret_cast<format::ControlHeader*>(segment->control->bytes().data());
+    format::store_release(control.state, format::kSegmentRetired);
+  }
   if (!quarantine_reason.empty()) {
     ++quarantined_;
     spdlog::error("metering: segment {} of pid {} ({}) quarantined: {}", segment->registration.segment_path.string(),

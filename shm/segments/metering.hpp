@@ -6,7 +6,12 @@
 //
 // Work follows what changed: a drain reads the counters of the label sets and slots in use and the lanes with
 // records; a producer's exit arrives as its pidfd becoming readable, never from polling /proc. One descriptor, fd(),
-// covers the registration socket and every producer's pidfd, for the event loop.
+// covers the registration socket and every producer's pidfd (one per producer process, shared by its segments), for
+// the event loop.
+//
+// A segment is retired only on a confirmed exit: its producer's pidfd readable, pidfd_open saying ESRCH, or /proc
+// showing the pid gone (ENOENT) or started at another time. A transient failure (EMFILE, ENOMEM) to watch or check
+// a producer leaves its segment live and unwatched; it is checked again at every sync until it is watched or gone.
 //
 // Retiring keeps the files: the caller removes them (remove_files) once what they held is durable elsewhere.
 
@@ -15,6 +20,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -51,7 +57,9 @@ struct Segment {
   std::vector<std::uint32_t> changed;  // handles whose counters or gauges changed in the last read
   std::uint64_t dropped = 0;           // events its lanes could not take, as last told
   bool active = true;                  // events came, or its counters moved, since its counters were last read
-  UniqueFd pidfd;                      // readable once the producer has exited
+  // Readable once the producer has exited; shared by the producer's segments. Null while not watched (a transient
+  // error): the segment stays live and is checked again.
+  std::shared_ptr<const UniqueFd> pidfd;
 };
 
 class MeteringSource {
@@ -75,7 +83,14 @@ class MeteringSource {
     SegmentLimits limits;
     std::vector<TenantRule> tenant_rules;
     FsRoot fs;
+    IdentityRules identity_rules;  // how a client's cgroup names its workload
     std::string instance_id;  // this agent's instance: part of every new segment's name
+    // Bounds per client ([metering] in docs/operations.md): a registration past them is refused with the reason.
+    std::size_t max_segments_per_uid = 1024, max_segments_per_cgroup = 1024;
+    std::uint64_t max_bytes_per_uid = std::uint64_t{8} << 30;  // segment bytes (tmpfs) all of a uid's segments span
+    std::uint64_t drain_budget = 65536;  // events taken from one segment per drain; the rest wait in its lanes
+    mode_t socket_mode = 0666;
+    std::optional<gid_t> socket_group;
   };
 
   // Listens for clients and re-attaches the segments a previous agent left, except those `already_retired` says
@@ -83,7 +98,6 @@ class MeteringSource {
   static Result<std::unique_ptr<MeteringSource>> start(Options options, Listener& listener,
                                                        const std::function<bool(const std::string&)>& already_retired);
   ~MeteringSource();
-    IdentityRules identity_rules;  // how a client's cgroup names its workload
   MeteringSource(const MeteringSource&) = delete;
   MeteringSource& operator=(const MeteringSource&) = delete;
 
@@ -126,6 +140,9 @@ class MeteringSource {
   std::optional<std::string> refused_tenant(const Segment& segment, const LabelSet& labels) const;
   void retire(std::size_t index, const std::string& quarantine_reason);
   void on_exits();
+  enum class Liveness { alive, exited, unknown };
+  // Whether the segment's producer still runs, watching it (a shared pidfd) where it can. `exited` only when sure.
+  Liveness liveness(Segment& segment);
 
   Options options_;
   Listener& listener_;
@@ -135,6 +152,20 @@ class MeteringSource {
   std::vector<LaneWatch> watches_;  // kept apart from the segments, dense: a drain of idle segments reads only this
   std::vector<RequestEvent> events_;
   std::uint64_t quarantined_ = 0;
+  // One pidfd per producer process (pid, start ticks), however many segments it registered: fds follow processes.
+  std::map<std::pair<pid_t, std::uint64_t>, std::weak_ptr<const UniqueFd>> producers_;
+  bool unwatched_ = false;
+  // What live segments each uid and cgroup holds, for the bounds above.
+  struct Share {
+    std::size_t segments = 0;
+    std::uint64_t bytes = 0;
+  };
+  std::map<uid_t, Share> by_uid_;
+  std::map<std::string, std::size_t> by_cgroup_;
+  Result<void> admit(const Producer& producer, const WorkloadIdentity& identity, const SegmentShape& shape) const;
+  void count(const Segment& segment, int sign);  // some segment's producer could not be watched: check again at the next sync
+  // Segments found at start that could not be mapped for a transient reason (EMFILE): attached at a later sync.
+  std::vector<Registration> reattach_;
 };
 
 }  // namespace tally::shm

@@ -4,6 +4,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/timerfd.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -60,6 +61,14 @@ Result<GrantedRequest> parse_registration_request(std::span<const std::byte> byt
   granted.shape.lane_records = std::bit_ceil(std::min(lanes, std::bit_floor(l.max_lane_records)));
   granted.shape.slot_count = clamp_shape(request.slot_count, l.default_slots, 1, l.max_slots);
   granted.shape.label_capacity = clamp_shape(request.label_capacity, l.default_label_sets, 2, l.max_label_sets);
+  SegmentShape& shape = granted.shape;
+  auto too_big = [&] {
+    return format::compute_layout(shape.label_capacity, shape.slot_count, shape.lane_records).segment_size >
+           l.max_segment_bytes;
+  };
+  while (too_big() && shape.lane_records / 2 >= format::kMinLaneRecords) shape.lane_records /= 2;
+  while (too_big() && shape.slot_count > 1) shape.slot_count /= 2;
+  while (too_big() && shape.label_capacity / 2 >= 2) shape.label_capacity /= 2;
   granted.workload_name =
       printable_ascii(std::string_view(request.workload_name, sizeof request.workload_name - 1));
   return granted;
@@ -115,8 +124,13 @@ Result<std::unique_ptr<RegistrationServer>> RegistrationServer::listen(Options o
   TALLY_TRY(make_directory(options.socket_path.parent_path(), perms::owner_all | perms::group_read |
                                                                   perms::group_exec | perms::others_read |
                                                                   perms::others_exec));
-  TALLY_TRY(make_directory(options.segment_dir, perms::owner_all | perms::group_read | perms::group_exec |
-                                                    perms::others_read | perms::others_exec));
+  // The agent's alone: clients reach their segment only through the descriptor they are handed, so no other
+  // process of their uid (another pod, another job) can open a workload's segment by name.
+  TALLY_TRY(make_directory(options.segment_dir, perms::owner_all));
+  if (::chmod(options.segment_dir.c_str(), 0700) != 0) {
+    return make_error(ErrorCode::permission, "{}: cannot make it private to the agent (mode 0700): {}",
+                      options.segment_dir.string(), std::strerror(errno));
+  }
   const std::string path = options.socket_path.string();
   const auto unix_address = unix_socket_address(path);
   if (!unix_address) return make_error(ErrorCode::invalid_argument, "{}: socket path is empty or too long", path);
@@ -136,8 +150,14 @@ Result<std::unique_ptr<RegistrationServer>> RegistrationServer::listen(Options o
   if (::bind(server->listener_.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0) {
     return make_error(ErrorCode::io, "{}: bind: {}", path, std::strerror(errno));
   }
-  ::chmod(path.c_str(), 0666);  // any local user may register; who they are comes from SO_PEERCRED
-  if (::listen(server->listener_.get(), 128) != 0) {
+  // By default any local user may register (who they are comes from SO_PEERCRED); a site may narrow it.
+  if (::chmod(path.c_str(), server->options_.socket_mode) != 0 ||
+      (server->options_.socket_group && ::chown(path.c_str(), static_cast<uid_t>(-1), *server->options_.socket_group) != 0)) {
+    return make_error(ErrorCode::io, "{}: cannot set its mode {:o} or group: {}", path, server->options_.socket_mode,
+                      std::strerror(errno));
+  }
+  // A burst of clients (a fork-heavy server starting) waits in the backlog, not in connect retries.
+  if (::listen(server->listener_.get(), SOMAXCONN) != 0) {
     return make_error(ErrorCode::io, "{}: listen: {}", path, std::strerror(errno));
   }
   server->epoll_ = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
@@ -148,6 +168,13 @@ Result<std::unique_ptr<RegistrationServer>> RegistrationServer::listen(Options o
   if (::epoll_ctl(server->epoll_.get(), EPOLL_CTL_ADD, server->listener_.get(), &event) != 0) {
     return make_error(ErrorCode::io, "epoll_ctl: {}", std::strerror(errno));
   }
+  server->timer_ = UniqueFd(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  if (!server->timer_) return make_error(ErrorCode::io, "timerfd_create: {}", std::strerror(errno));
+  event.data.fd = server->timer_.get();
+  if (::epoll_ctl(server->epoll_.get(), EPOLL_CTL_ADD, server->timer_.get(), &event) != 0) {
+    return make_error(ErrorCode::io, "epoll_ctl: {}", std::strerror(errno));
+  }
+  server->reserve_ = UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   return server;
 }
 
@@ -163,26 +190,77 @@ void RegistrationServer::on_readable() {
     const int fd = events[i].data.fd;
     if (fd == listener_.get()) {
       accept_all();
+    } else if (fd == timer_.get()) {
+      std::uint64_t expirations = 0;
+      (void)::read(timer_.get(), &expirations, sizeof expirations);
     } else if (pending_.contains(fd)) {
       serve(fd);
     }
   }
   expire_pending();
+  arm_timer();
 }
 
 void RegistrationServer::accept_all() {
-  while (true) {
+  // Bounded per call, so that a flood of connections shares the loop with the rest of the agent.
+  for (int accepted = 0; accepted < 1024; ++accepted) {
     const int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) return;  // EAGAIN, or a transient error: the next readiness tries again
-    epoll_event event{};
-    event.events = EPOLLIN | EPOLLRDHUP;
-    event.data.fd = fd;
-    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event) != 0) {
-      ::close(fd);
+    if (fd >= 0) {
+      accept_one(fd);
       continue;
     }
-    pending_[fd] = std::chrono::steady_clock::now();
+    if (errno != EMFILE && errno != ENFILE) return;  // EAGAIN, or a connection that went away meanwhile
+    // Out of descriptors: a pending connection gives its own up first; failing that, the reserve lets us accept
+    // this one to tell it why, so the listener does not stay readable and spin the loop.
+    if (!pending_.empty()) {
+      evict_oldest(std::nullopt);
+      continue;
+    }
+    if (!reserve_) return;
+    reserve_.reset();
+    const int refused = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (refused >= 0) {
+      ++refused_;
+      reply(refused, static_cast<int>(protocol::Status::internal), "the agent is out of file descriptors; retry later",
+            nullptr);
+      ::close(refused);
+    }
+    reserve_ = UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    spdlog::warn("registration: out of file descriptors; a client was turned away");
+    return;
   }
+}
+
+void RegistrationServer::accept_one(int fd) {
+  ucred cred{};
+  socklen_t cred_size = sizeof cred;
+  (void)::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_size);  // checked again when the request is served
+  std::size_t of_uid = 0;
+  for (const auto& [other, p] : pending_) of_uid += p.uid == cred.uid;
+  if (of_uid >= options_.max_pending_per_uid) evict_oldest(cred.uid);
+  if (pending_.size() >= options_.max_pending) evict_oldest(std::nullopt);
+  epoll_event event{};
+  event.events = EPOLLIN | EPOLLRDHUP;
+  event.data.fd = fd;
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event) != 0) {
+    ::close(fd);
+    return;
+  }
+  Pending& p = pending_[fd];
+  p.uid = cred.uid;
+  p.since = std::chrono::steady_clock::now();
+  serve(fd);  // a client writes its request right after connecting: usually it is here already
+}
+
+void RegistrationServer::evict_oldest(std::optional<uid_t> of_uid) {
+  auto oldest = pending_.end();
+  for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+    if (of_uid && it->second.uid != *of_uid) continue;
+    if (oldest == pending_.end() || it->second.since < oldest->second.since) oldest = it;
+  }
+  if (oldest == pending_.end()) return;
+  spdlog::warn("registration: closing an incomplete request of uid {} (too many pending)", oldest->second.uid);
+  close_pending(oldest->first);
 }
 
 void RegistrationServer::close_pending(int fd) {
@@ -194,10 +272,26 @@ void RegistrationServer::close_pending(int fd) {
 void RegistrationServer::expire_pending() {
   const auto now = std::chrono::steady_clock::now();
   std::vector<int> expired;
-  for (const auto& [fd, since] : pending_) {
-    if (now - since > options_.request_timeout) expired.push_back(fd);
+  for (const auto& [fd, p] : pending_) {
+    if (now - p.since > options_.request_timeout) expired.push_back(fd);
   }
   for (int fd : expired) close_pending(fd);
+}
+
+void RegistrationServer::arm_timer() {
+  // Fires at the oldest pending connection's deadline: an idle half-written request is closed on time without
+  // any other traffic, and costs no wake-up before.
+  itimerspec when{};
+  if (!pending_.empty()) {
+    auto oldest = std::chrono::steady_clock::time_point::max();
+    for (const auto& [fd, p] : pending_) oldest = std::min(oldest, p.since);
+    const auto wait = std::max<std::chrono::nanoseconds>(
+        oldest + options_.request_timeout - std::chrono::steady_clock::now() + std::chrono::milliseconds(1),
+        std::chrono::milliseconds(1));
+    when.it_value.tv_sec = static_cast<time_t>(wait.count() / 1'000'000'000);
+    when.it_value.tv_nsec = static_cast<long>(wait.count() % 1'000'000'000);
+  }
+  ::timerfd_settime(timer_.get(), 0, &when, nullptr);
 }
 
 void RegistrationServer::reply(int fd, int status, const std::string& message, const CreatedSegment* segment) {
@@ -227,17 +321,18 @@ void RegistrationServer::reply(int fd, int status, const std::string& message, c
 }
 
 void RegistrationServer::serve(int fd) {
-  std::array<std::byte, sizeof(protocol::Request)> request{};
-  const ssize_t n = ::recv(fd, request.data(), request.size(), MSG_DONTWAIT | MSG_PEEK);
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-  if (n > 0 && n < static_cast<ssize_t>(sizeof request)) {
-    return;  // the rest is on its way (or the client hangs, and the timeout closes it)
-  }
-  if (n <= 0) {
+  // What came so far stays in the pending entry: the bytes are taken off the socket, so the descriptor is not
+  // readable again until more arrive (no busy loop on a half-written request).
+  Pending& pending = pending_.at(fd);
+  const ssize_t n = ::recv(fd, pending.bytes.data() + pending.have, pending.bytes.size() - pending.have, MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+  if (n <= 0) {  // hung up before a whole request, or an error
     close_pending(fd);
     return;
   }
-  (void)::recv(fd, request.data(), request.size(), MSG_DONTWAIT);
+  pending.have += static_cast<std::size_t>(n);
+  if (pending.have < pending.bytes.size()) return;  // the rest is on its way (or the deadline closes it)
+  const auto request = pending.bytes;
 
   ucred cred{};
   socklen_t cred_size = sizeof cred;
@@ -277,6 +372,12 @@ void RegistrationServer::serve(int fd) {
   registration.producer = Producer{cred.pid, cred.uid, cred.gid, *start_ticks};
   registration.workload_name = name;
   registration.identity = std::move(*identity);
+  if (options_.admit) {
+    if (auto admitted = options_.admit(registration.producer, registration.identity, shape); !admitted) {
+      refuse(protocol::Status::refused, admitted.error().message);
+      return;
+    }
+  }
   auto created = create_segment(registration.segment_path, registration.control_path, shape, registration.producer,
                                 name);
   if (!created) {

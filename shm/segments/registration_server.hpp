@@ -5,10 +5,12 @@
 //
 // Made for an event loop: no threads of its own. fd() is an epoll descriptor that becomes readable when a
 // connection or a request is pending; the owner's loop calls on_readable(), which never blocks. A client that
-// connects and sends nothing costs one descriptor until it hangs up or `request_timeout` passes.
+// connects and sends nothing costs one descriptor until it hangs up or `request_timeout` passes, and pending
+// connections are bounded per uid and in all (the oldest is closed first).
 
 #include <sys/types.h>
 
+#include <array>
 #include <chrono>
 #include <filesystem>
 #include <functional>
@@ -22,6 +24,7 @@
 #include "agent/base/result.hpp"
 #include "agent/base/workload_identity.hpp"
 #include "shm/format/names.hpp"
+#include "shm/format/registration_protocol.hpp"
 #include "shm/segments/segment_file.hpp"
 
 namespace tally::shm {
@@ -47,6 +50,9 @@ struct SegmentLimits {
   std::uint32_t default_lane_records = format::kDefaultLaneRecords, max_lane_records = format::kMaxLaneRecords;
   std::uint32_t default_slots = format::kDefaultSlots, max_slots = 256;
   std::uint32_t default_label_sets = format::kDefaultLabelSets, max_label_sets = format::kMaxLabelSets;
+  // No segment spans more (tmpfs a client can fill, and what a report may read): a larger wish gets fewer lane
+  // records first, then fewer slots, then fewer label sets.
+  std::uint64_t max_segment_bytes = std::uint64_t{64} << 20;
 };
 
 // A registration request as the agent grants it: the wished-for shape clamped into the limits (lane records a power
@@ -66,13 +72,21 @@ class RegistrationServer {
     std::filesystem::path socket_path{std::string(format::kDefaultSocketPath)};
     std::filesystem::path segment_dir = "/run/tally/segments";
     std::filesystem::path fs_root = "/";  // where proc/ is read (FsRoot)
+    IdentityRules identity_rules;         // how a client's cgroup names its workload
     std::string instance_id;              // the agent instance: part of each segment's name, so names never repeat
     SegmentLimits limits;
     std::chrono::milliseconds request_timeout{2000};
+    // Who may connect: the socket file's mode and group ([metering] socket_mode, socket_group).
+    mode_t socket_mode = 0666;
+    std::optional<gid_t> socket_group;
+    // Connections whose request is not complete yet, per uid and in all: past either, the oldest is closed.
+    std::size_t max_pending_per_uid = 16, max_pending = 256;
+    // Asked before a segment is made for a client (e.g. its uid's and cgroup's share): an Error refuses it with
+    // that message. Empty: everyone is admitted.
+    std::function<Result<void>(const Producer&, const WorkloadIdentity&, const SegmentShape&)> admit;
   };
   // Called for each accepted client, after its segment exists and before the reply is sent. Returning an Error
   // refuses the client with that message (and removes the segment).
-    IdentityRules identity_rules;         // how a client's cgroup names its workload
   using OnRegistered = std::function<Result<void>(const Registration&)>;
 
   // Creates the directories, binds and listens. Refuses to take over a socket another live agent answers on; a
@@ -92,15 +106,29 @@ class RegistrationServer {
   RegistrationServer(Options options, OnRegistered on_registered)
       : options_(std::move(options)), on_registered_(std::move(on_registered)) {}
   void accept_all();
+  void accept_one(int fd);
   void serve(int fd);
   void expire_pending();
   void close_pending(int fd);
+  void evict_oldest(std::optional<uid_t> of_uid);
+  void arm_timer();
   void reply(int fd, int status, const std::string& message, const CreatedSegment* segment);
 
   Options options_;
   OnRegistered on_registered_;
-  UniqueFd listener_, epoll_;
-  std::map<int, std::chrono::steady_clock::time_point> pending_;  // accepted, request not yet read
+  UniqueFd listener_, epoll_, timer_;
+  // Held so that an agent out of descriptors can still accept a connection to refuse it (instead of leaving it in
+  // the backlog, where the listener stays readable and the loop would spin).
+  UniqueFd reserve_;
+  // Accepted, request not complete yet: what has come so far waits here, so a half-written request costs nothing
+  // until more bytes arrive or its deadline passes (the timer).
+  struct Pending {
+    uid_t uid = 0;
+    std::chrono::steady_clock::time_point since;
+    std::array<std::byte, sizeof(protocol::Request)> bytes{};
+    std::size_t have = 0;
+  };
+  std::map<int, Pending> pending_;
   std::uint64_t accepted_ = 0, refused_ = 0, sequence_ = 0;
 };
 

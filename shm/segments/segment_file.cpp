@@ -80,7 +80,11 @@ void install_sigbus_guard() {
 Result<MappedFile> MappedFile::open(const std::filesystem::path& path, std::uint64_t min_size,
                                     std::uint64_t max_size) {
   UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
-  if (!fd) return make_error(ErrorCode::io, "{}: cannot open: {}", path.string(), std::strerror(errno));
+  // Gone is not_found; anything else (EMFILE, ENFILE) is io: may work later.
+  if (!fd) {
+    return make_error(errno == ENOENT ? ErrorCode::not_found : ErrorCode::io, "{}: cannot open: {}", path.string(),
+                      std::strerror(errno));
+  }
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return make_error(ErrorCode::io, "{}: fstat: {}", path.string(), std::strerror(errno));
   if (!S_ISREG(st.st_mode)) return make_error(ErrorCode::invalid_argument, "{}: not a regular file", path.string());
@@ -152,12 +156,11 @@ Result<CreatedSegment> create_segment(const std::filesystem::path& path, const s
   h->label_count = 1;
   format::store_release(h->magic, format::kMagic);  // last: a reader never sees a half-made header as valid
   ::munmap(data, layout.segment_size);
-  if (::geteuid() == 0 && producer.uid != 0 && ::fchown(fd.get(), producer.uid, producer.gid) != 0) {
-    return fail("fchown");
-  }
+  // The file stays the agent's (mode 0600, in a directory only the agent can search): the client writes through
+  // the descriptor it is handed, and no other process of its uid can open the file by name.
 
   const std::uint64_t control_bytes = format::control_size(shape.label_capacity);
-  UniqueFd control(::open(control_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644));
+  UniqueFd control(::open(control_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (!control) return fail("cannot create control file");
   if (::ftruncate(control.get(), static_cast<off_t>(control_bytes)) != 0) return fail("ftruncate control");
   format::ControlHeader ch{};

@@ -60,9 +60,9 @@ struct Producer {
   std::uint64_t start_ticks = 0;
 };
 
-// Creates `path` (must not exist; mode 0600, owned by the producer's uid when we are root) with a fresh header,
-// and `control_path` (mode 0644, ours). Returns the segment read-write and the control file read-only
-// descriptors, to be sent to the client.
+// Creates `path` (must not exist; mode 0600, the agent's) with a fresh header, and `control_path` (mode 0600, the
+// agent's). Returns the segment read-write and the control file read-only descriptors, to be sent to the client:
+// the only way a client reaches its segment (docs/shm-format.md, threat model).
 struct CreatedSegment {
   UniqueFd segment;
   UniqueFd control_read_only;

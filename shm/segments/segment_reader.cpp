@@ -225,22 +225,32 @@ Result<void> SegmentReader::read_counters() {
   return {};
 }
 
-Result<void> SegmentReader::drain_lanes(std::vector<RequestEvent>& events) {
+Result<void> SegmentReader::drain_lanes(std::vector<RequestEvent>& events, std::uint64_t budget) {
   const std::uint32_t used = load_acquire(header_->slots_used);  // checked in read_counters
   auto known = static_cast<std::uint32_t>(labels_.size());
   std::uint64_t dropped = std::atomic_ref<std::uint64_t>(header_->overflow_dropped).load(std::memory_order_relaxed);
-  for (std::uint32_t s = 0; s < used; ++s) {
+  backlog_ = false;
+  const std::uint32_t first = next_lane_ < used ? next_lane_ : 0;
+  for (std::uint32_t n = 0; n < used; ++n) {
+    const std::uint32_t s = first + n < used ? first + n : first + n - used;
     auto* slot = at<format::SlotHeader>(layout_.slot_header(s));
     auto* records = at<const format::Record>(layout_.slot_records(s));
     dropped += load_relaxed(slot->dropped);
-    const std::uint64_t head = load_acquire(slot->head);
+    const std::uint64_t published = load_acquire(slot->head);
     const std::uint64_t tail = tails_[s];
-    if (head < tail) {
-      return make_error(ErrorCode::invalid_argument, "lane {}: head went backwards from {} to {}", s, tail, head);
+    if (published < tail) {
+      return make_error(ErrorCode::invalid_argument, "lane {}: head went backwards from {} to {}", s, tail, published);
     }
-    if (head - tail > std::uint64_t{lane_mask_} + 1) {
-      return make_error(ErrorCode::invalid_argument, "lane {}: head {} overran tail {} (capacity {})", s, head, tail,
-                        lane_mask_ + 1);
+    if (published - tail > std::uint64_t{lane_mask_} + 1) {
+      return make_error(ErrorCode::invalid_argument, "lane {}: head {} overran tail {} (capacity {})", s, published,
+                        tail, lane_mask_ + 1);
+    }
+    // Past the budget, this lane keeps the rest, and the next drain starts with it.
+    const std::uint64_t head = tail + std::min(published - tail, budget);
+    budget -= head - tail;
+    if (head != published && !backlog_) {
+      backlog_ = true;
+      next_lane_ = s;
     }
     for (std::uint64_t i = tail; i < head; ++i) {
       const format::Record& r = records[i & lane_mask_];
@@ -292,6 +302,8 @@ SegmentReader::LaneHeads SegmentReader::lane_heads() const {
           layout_.slot_header_stride, slot_count_};
 }
 
-Result<void> SegmentReader::drain_events(std::vector<RequestEvent>& events) { return drain_lanes(events); }
+Result<void> SegmentReader::drain_events(std::vector<RequestEvent>& events, std::uint64_t budget) {
+  return drain_lanes(events, budget);
+}
 
 }  // namespace tally::shm

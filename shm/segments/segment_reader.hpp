@@ -52,7 +52,11 @@ class SegmentReader {
   // The two halves of drain(), for callers that need them at different rates: the lanes must be drained often so
   // they never fill (a load per slot in use when they are empty); the counters are exact whenever they are read
   // (a sum over label sets and slots), so once per report is enough.
-  Result<void> drain_events(std::vector<RequestEvent>& events);  // lanes, dropped counts (and labels events need)
+  // Lanes, dropped counts (and labels events need). At most `budget` events are taken, lanes in turn from where
+  // the last call stopped, so one client cannot make a drain as long as it likes; the rest stay in the lanes for
+  // the next call (backlog()), never dropped by the agent.
+  Result<void> drain_events(std::vector<RequestEvent>& events, std::uint64_t budget = UINT64_MAX);
+  bool backlog() const { return backlog_; }
   Result<void> read_totals();                                     // labels, counters, gauges
   // The label sets whose counters or gauges changed in the last read of the totals (handles, ascending).
   const std::vector<std::uint32_t>& changed() const { return changed_; }
@@ -83,7 +87,7 @@ class SegmentReader {
   SegmentReader(std::span<std::byte> bytes, format::Layout layout) : bytes_(bytes), layout_(layout) {}
   Result<void> read_labels();
   Result<void> read_counters();
-  Result<void> drain_lanes(std::vector<RequestEvent>& events);
+  Result<void> drain_lanes(std::vector<RequestEvent>& events, std::uint64_t budget);
   template <typename T>
   T* at(std::uint64_t offset) const {
     return reinterpret_cast<T*>(bytes_.data() + offset);
@@ -100,6 +104,8 @@ class SegmentReader {
   std::vector<std::uint64_t> tails_;  // our own copy per lane: the client could scribble on the shared one
   std::vector<std::uint32_t> changed_;
   std::uint64_t dropped_ = 0, torn_ = 0;
+  std::uint32_t next_lane_ = 0;  // where a drain cut short by its budget resumes
+  bool backlog_ = false;
   CounterArray scratch_{};
 };
 
