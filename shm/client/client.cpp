@@ -1013,6 +1013,12 @@ void tally_close(tally_client* c) {
   if (c->wake_fd >= 0) ::close(c->wake_fd);
 
   if (c->segment != nullptr && ours) {
+    {
+      // A call that saw "not attached" just before the attach may have left part of its counts pending after the
+      // background thread's last hand-over (it stopped above): they go into the segment now, not into the void.
+      std::lock_guard lock(c->mutex);
+      if (attached(c)) hand_over_pending(c, false);
+    }
     // Hand this process's slots back so a later client (or a reader) sees them free.
     for (std::uint32_t i = 0; i < c->slot_count; ++i) {
       fmt_ns::SlotHeader* slot = slot_view(c, i).slot;

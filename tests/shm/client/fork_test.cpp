@@ -107,7 +107,7 @@ TEST(Fork, ParentChildAndExecedGrandchildReportAtOnceAndEveryTotalIsExact) {
         return last == expected;
       },
       30s);
-  EXPECT_EQ(last, expected);
+  EXPECT_EQ(last, expected) << agent.process().stderr_text();
 }
 
 }  // namespace
