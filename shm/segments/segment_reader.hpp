@@ -39,7 +39,6 @@ struct RequestEvent {
 
 // Parses label text; an Error names what is wrong.
 Result<LabelSet> parse_label_text(std::string_view text);
-bool valid_utf8(std::string_view text);
 
 class SegmentReader {
  public:

@@ -15,6 +15,7 @@
 
 #include "agent/base/files.hpp"
 #include "agent/base/proc.hpp"
+#include "tests/support/fuzz_seeds.hpp"
 
 namespace {
 
@@ -27,12 +28,9 @@ void write_seed(const std::filesystem::path& corpus, char parser, const std::str
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s CORPUS_DIR\n", argv[0]);
-    return 2;
-  }
-  const std::filesystem::path corpus = argv[1];
-  std::filesystem::create_directories(corpus);
+  const auto corpus_dir = tally::test::seed_corpus_dir(argc, argv);
+  if (!corpus_dir) return 2;
+  const std::filesystem::path& corpus = *corpus_dir;
   ::prctl(PR_SET_NAME, "a) 1 2 (b", 0, 0, 0);  // what the start-time parser must see through
 
   std::set<std::string> paths;

@@ -18,6 +18,7 @@
 #include "agent/feed/topology_message.hpp"
 #include "agent/feed/usage_report.hpp"
 #include "collectors/topology/topology.hpp"
+#include "tests/support/fuzz_seeds.hpp"
 
 namespace {
 
@@ -36,12 +37,9 @@ std::string frame(std::string_view topic, const std::string& payload) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s CORPUS_DIR\n", argv[0]);
-    return 2;
-  }
-  const std::filesystem::path corpus = argv[1];
-  std::filesystem::create_directories(corpus);
+  const auto corpus_dir = tally::test::seed_corpus_dir(argc, argv);
+  if (!corpus_dir) return 2;
+  const std::filesystem::path& corpus = *corpus_dir;
 
   FeedPublisher publisher({"seed-node", "00000000-0000-4000-8000-000000000001", "seed-host"}, 1000);
   if (auto bound = publisher.set_endpoints({"tcp://127.0.0.1:*"}, {}); !bound) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "tally/client.h"
+#include "tests/support/fuzz_seeds.hpp"
 #include "tests/support/in_process_agent.hpp"
 
 namespace {
@@ -25,12 +26,9 @@ void write_seed(const std::filesystem::path& file, char mode, const std::vector<
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s CORPUS_DIR\n", argv[0]);
-    return 2;
-  }
-  const std::filesystem::path corpus = argv[1];
-  std::filesystem::create_directories(corpus);
+  const auto corpus_dir = tally::test::seed_corpus_dir(argc, argv);
+  if (!corpus_dir) return 2;
+  const std::filesystem::path& corpus = *corpus_dir;
   // Small shapes keep each seed a few KiB, so the fuzzer runs fast.
   setenv("TALLY_LABEL_SETS", "8", 1);
   setenv("TALLY_SLOTS", "2", 1);

@@ -183,6 +183,11 @@ class MeteringFaults : public ::testing::Test {
 };
 
 TEST_F(MeteringFaults, OutOfFileDescriptorsNoLiveSegmentIsRetired) {
+#ifdef __SANITIZE_ADDRESS__
+  // UBSan's vptr check opens a pipe to test memory before it reads a vtable: with no descriptor left it reports
+  // every virtual call as made on an invalid object. The plain build runs this test.
+  GTEST_SKIP() << "the sanitizers' runtime needs file descriptors of its own, which this test takes away";
+#endif
   // One writer per count of free descriptors, 0 to 7: somewhere in there registration succeeds but watching the
   // producer (pidfd_open, reading /proc) fails with EMFILE, whichever step comes first in the code.
   std::vector<std::unique_ptr<Writer>> writers;

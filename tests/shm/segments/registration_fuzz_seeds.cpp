@@ -19,6 +19,7 @@
 #include "agent/base/unix_socket.hpp"
 #include "shm/format/registration_protocol.hpp"
 #include "tally/client.h"
+#include "tests/support/fuzz_seeds.hpp"
 #include "tests/support/temp_dir.hpp"
 
 namespace {
@@ -33,12 +34,9 @@ struct Variant {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s CORPUS_DIR\n", argv[0]);
-    return 2;
-  }
-  const std::filesystem::path corpus = argv[1];
-  std::filesystem::create_directories(corpus);
+  const auto corpus_dir = tally::test::seed_corpus_dir(argc, argv);
+  if (!corpus_dir) return 2;
+  const std::filesystem::path& corpus = *corpus_dir;
   tally::test::TempDir dir;
   const std::string socket_path = (dir.path() / "tally.sock").string();
   const auto address = tally::unix_socket_address(socket_path);
