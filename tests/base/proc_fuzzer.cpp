@@ -77,10 +77,19 @@ void fuzz_cgroup(std::string_view text) {
 void fuzz_io(std::string_view text) {
   const auto io = parse_process_io(text);
   if (!io) return;
-  // Each as a whole line, the kernel's way.
-  const std::string lines = "\n" + std::string(text) + "\n";
-  check(lines.find("\nrchar: " + std::to_string(io->read_bytes) + "\n") != std::string::npos);
-  check(lines.find("\nwchar: " + std::to_string(io->write_bytes) + "\n") != std::string::npos);
+  // Each is the last line of its name, a whole line of decimal digits (leading zeros are harmless).
+  auto last_value = [&](std::string_view name) {
+    std::string_view value;
+    for (std::string_view rest = text; !rest.empty();) {
+      const std::size_t end = std::min(rest.find('\n'), rest.size());
+      if (const std::string_view line = rest.substr(0, end); line.starts_with(name)) value = line.substr(name.size());
+      rest.remove_prefix(std::min(end + 1, rest.size()));
+    }
+    while (value.size() > 1 && value.front() == '0') value.remove_prefix(1);
+    return std::string(value);
+  };
+  check(last_value("rchar: ") == std::to_string(io->read_bytes));
+  check(last_value("wchar: ") == std::to_string(io->write_bytes));
   const std::string rewritten = "rchar: " + std::to_string(io->read_bytes) + "\nwchar: " +
                                 std::to_string(io->write_bytes) + "\nsyscr: 1\nsyscw: 2\nread_bytes: 0\n";
   check(parse_process_io(rewritten) == io);
