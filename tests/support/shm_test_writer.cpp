@@ -76,19 +76,11 @@ int main(int argc, char** argv) {
   const tally_counter widgets = tally_register_counter(client, "widgets");
 
   if (o.forever) {
-    // Every field derives from tokens_in, so a reader can tell a torn record from a whole one.
     std::vector<std::thread> threads;
     for (std::uint32_t t = 0; t < o.threads; ++t) {
       threads.emplace_back([&, t] {
         for (std::uint64_t i = 1;; ++i) {
-          tally_request r{};
-          r.tokens_in = (i << 8) | t;
-          r.tokens_out = r.tokens_in * 3;
-          r.ttft_ns = r.tokens_in * 5;
-          r.duration_ns = r.tokens_in * 7;
-          r.gpu_time_ns = r.tokens_in * 11;
-          r.tool_calls = static_cast<std::uint32_t>(r.tokens_in & 0xffff);
-          r.status = static_cast<std::uint32_t>(r.tokens_in >> 16);
+          const tally_request r = tally::test::self_checking_request(i, t);
           tally_record(client, handles[t % handles.size()], &r);
         }
       });

@@ -59,4 +59,18 @@ inline std::string label_text(std::uint32_t label_index) {
   return "tenant=t" + std::to_string(label_index % 3) + "\nmodel=m" + std::to_string(label_index);
 }
 
+// The `i`-th request of writer thread `thread` when records are checked for tearing: every field derives from
+// tokens_in = (i << 8) | thread, so a reader can tell a torn record from a whole one (torn_record_test).
+inline tally_request self_checking_request(std::uint64_t i, std::uint64_t thread) {
+  tally_request r{};
+  r.tokens_in = (i << 8) | thread;
+  r.tokens_out = r.tokens_in * 3;
+  r.ttft_ns = r.tokens_in * 5;
+  r.duration_ns = r.tokens_in * 7;
+  r.gpu_time_ns = r.tokens_in * 11;
+  r.tool_calls = static_cast<std::uint32_t>(r.tokens_in & 0xffff);
+  r.status = static_cast<std::uint32_t>(r.tokens_in >> 16);
+  return r;
+}
+
 }  // namespace tally::test

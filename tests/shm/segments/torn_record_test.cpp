@@ -16,6 +16,7 @@
 #include "tally/client.hpp"
 #include "tests/support/in_process_agent.hpp"
 #include "tests/support/process.hpp"
+#include "tests/support/workload_gen.hpp"
 
 namespace tally::test {
 namespace {
@@ -123,15 +124,7 @@ TEST(TornRecords, InProcessWritersAndReaderAgreeExactly) {
   for (std::uint64_t t = 0; t < kThreads; ++t) {
     writers.emplace_back([&, t] {
       for (std::uint64_t i = 1; i <= kRecords; ++i) {
-        tally_request r{};
-        r.tokens_in = (i << 8) | t;
-        r.tokens_out = r.tokens_in * 3;
-        r.ttft_ns = r.tokens_in * 5;
-        r.duration_ns = r.tokens_in * 7;
-        r.gpu_time_ns = r.tokens_in * 11;
-        r.tool_calls = static_cast<std::uint32_t>(r.tokens_in & 0xffff);
-        r.status = static_cast<std::uint32_t>(r.tokens_in >> 16);
-        client.record(handles[t], r);
+        client.record(handles[t], self_checking_request(i, t));
       }
       ++finished;
     });
