@@ -252,8 +252,15 @@ WorkloadIdentity identify_root_process(pid_t pid, std::uint64_t start_ticks, std
 Result<WorkloadIdentity> identify_process(const FsRoot& fs, pid_t pid, const IdentityRules& rules) {
   const auto path = read_process_cgroup(fs, pid);
   if (!path) {
-    return make_error(ErrorCode::not_found, "{}: no cgroup entry (process gone?)",
-                      fs.path("proc/" + std::to_string(pid) + "/cgroup").string());
+    const std::string file = fs.path("proc/" + std::to_string(pid) + "/cgroup").string();
+    // A process that is still there but whose file cannot be read (the agent out of descriptors, say) is not gone:
+    // callers retry an io error, and the message must not send an operator after an exited process.
+    std::error_code ec;
+    if (std::filesystem::exists(fs.path("proc/" + std::to_string(pid)), ec)) {
+      return make_error(ErrorCode::io, "{}: cannot be read although the process exists (out of file descriptors?)",
+                        file);
+    }
+    return make_error(ErrorCode::not_found, "{}: the process is gone", file);
   }
   WorkloadIdentity identity = identify_cgroup(*path, rules);
   if (identity.kind != WorkloadKind::process) return identity;

@@ -301,6 +301,20 @@ TEST(IdentifyProcess, HybridHostUsesTheV2Line) {
   EXPECT_FALSE(identify_process(proc.root(), 999));
 }
 
+TEST(IdentifyProcess, AnUnreadableFileOfALiveProcessIsNotAnExit) {
+  FakeProc proc;
+  proc.add(300, "0::/system.slice/x.service\n", 1);
+  const auto cgroup = proc.root().path("proc/300/cgroup");
+  std::filesystem::remove(cgroup);
+  std::filesystem::create_directory(cgroup);  // there, but no file to read: what EMFILE looks like from here
+  const auto live = identify_process(proc.root(), 300);
+  ASSERT_FALSE(live);
+  EXPECT_EQ(live.error().code, ErrorCode::io) << live.error().message;
+  const auto gone = identify_process(proc.root(), 301);
+  ASSERT_FALSE(gone);
+  EXPECT_EQ(gone.error().code, ErrorCode::not_found) << gone.error().message;
+}
+
 TEST(IdentifyProcess, ThisProcess) {
   const auto self = identify_process(FsRoot(), ::getpid());
   ASSERT_TRUE(self) << self.error().message;
