@@ -1,8 +1,10 @@
 #include "agent/feed/watch.hpp"
 
 #include <chrono>
+#include <cmath>
 
 #include <fmt/chrono.h>
+#include <google/protobuf/reflection.h>
 #include <google/protobuf/util/json_util.h>
 
 namespace tally::agent {
@@ -28,6 +30,43 @@ std::string_view notice_name(FeedNotice::Type type) {
     case FeedNotice::Type::backwards: return "backwards";
   }
   return "unknown";
+}
+
+// Whether every float and double in the message, at any depth, is a finite number. The agent never publishes NaN
+// or infinity; a message carrying one comes from elsewhere, and a NaN would break whatever sorts or sums it.
+bool all_finite(const google::protobuf::Message& message) {
+  using google::protobuf::FieldDescriptor;
+  const auto* reflection = message.GetReflection();
+  std::vector<const FieldDescriptor*> fields;
+  reflection->ListFields(message, &fields);
+  for (const FieldDescriptor* field : fields) {
+    const int count = field->is_repeated() ? reflection->FieldSize(message, field) : 1;
+    for (int i = 0; i < count; ++i) {
+      const bool repeated = field->is_repeated();
+      switch (field->cpp_type()) {
+        case FieldDescriptor::CPPTYPE_DOUBLE:
+          if (!std::isfinite(repeated ? reflection->GetRepeatedDouble(message, field, i)
+                                      : reflection->GetDouble(message, field))) {
+            return false;
+          }
+          break;
+        case FieldDescriptor::CPPTYPE_FLOAT:
+          if (!std::isfinite(repeated ? reflection->GetRepeatedFloat(message, field, i)
+                                      : reflection->GetFloat(message, field))) {
+            return false;
+          }
+          break;
+        case FieldDescriptor::CPPTYPE_MESSAGE:
+          if (!all_finite(repeated ? reflection->GetRepeatedMessage(message, field, i)
+                                   : reflection->GetMessage(message, field))) {
+            return false;
+          }
+          break;
+        default: break;
+      }
+    }
+  }
+  return true;
 }
 
 }  // namespace
@@ -64,7 +103,7 @@ std::optional<v1::Envelope> decode_envelope(std::string_view topic, std::string_
   v1::Envelope envelope;
   if (!envelope.ParseFromArray(payload.data(), static_cast<int>(payload.size()))) return std::nullopt;
   const auto kind = kind_of(envelope);
-  if (!kind || topic_of(*kind) != topic) return std::nullopt;
+  if (!kind || topic_of(*kind) != topic || !all_finite(envelope)) return std::nullopt;
   return envelope;
 }
 

@@ -42,8 +42,8 @@ class SequenceTracker {
   std::map<std::string, Position> nodes_;
 };
 
-// Parses the envelope frame of a message; nullopt when it is not a valid Envelope or its body does not match the
-// topic frame.
+// Parses the envelope frame of a message; nullopt when it is not a valid Envelope, its body does not match the
+// topic frame, or it carries a number that is not finite (NaN or infinity: the agent never publishes one).
 std::optional<v1::Envelope> decode_envelope(std::string_view topic, std::string_view payload);
 
 std::string format_text(const v1::Envelope& envelope);

@@ -99,7 +99,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     // field's entries may be written in another order).
     const auto again = decode_envelope(topic, envelope->SerializeAsString());
     check(again.has_value());
-    check(google::protobuf::util::MessageDifferencer::Equals(*again, *envelope));
+    std::string differences;
+    google::protobuf::util::MessageDifferencer differencer;
+    differencer.ReportDifferencesToString(&differences);
+    if (!differencer.Compare(*again, *envelope)) std::fprintf(stderr, "re-encoded message differs:\n%s", differences.c_str());
+    check(differences.empty());
 
     (void)by_sequence.observe(*envelope);
     for (const FeedNotice& notice : by_kind.observe(*envelope)) {

@@ -1,6 +1,8 @@
 // SequenceTracker: the gap, restart and backwards rules that `tallyctl watch` applies.
 #include "agent/feed/watch.hpp"
 
+#include <limits>
+
 #include <gtest/gtest.h>
 
 namespace tally::agent {
@@ -73,6 +75,23 @@ TEST(DecodeEnvelope, RejectsGarbageAndTopicMismatch) {
   EXPECT_FALSE(decode_envelope("usage", good));
   EXPECT_FALSE(decode_envelope("heartbeat", "\xff\xff\xff\xff"));
   EXPECT_FALSE(decode_envelope("heartbeat", ""));
+}
+
+// The agent never publishes NaN or infinity; a subscriber refuses a message that carries one, at any depth (a NaN
+// would break whatever sorts or sums it).
+TEST(DecodeEnvelope, RejectsNumbersThatAreNotFinite) {
+  for (const double bad : {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
+    v1::Envelope envelope;
+    envelope.set_node_id("n");
+    auto* label_set = envelope.mutable_usage()->add_workloads()->add_label_sets();
+    label_set->mutable_duration_ns()->set_p50(1.0);
+    EXPECT_TRUE(decode_envelope("usage", envelope.SerializeAsString()));
+    label_set->mutable_duration_ns()->set_p99(bad);
+    EXPECT_FALSE(decode_envelope("usage", envelope.SerializeAsString())) << bad;
+    label_set->mutable_duration_ns()->set_p99(2.0);
+    label_set->set_top1pct_token_share(-bad);
+    EXPECT_FALSE(decode_envelope("usage", envelope.SerializeAsString())) << -bad;
+  }
 }
 
 TEST(FeedJson, EnvelopeAndNoticeRender) {
