@@ -43,4 +43,23 @@ std::optional<spdlog::level::level_enum> parse_log_level(std::string_view name) 
   return level;
 }
 
+std::optional<std::uint64_t> LogThrottle::admit(std::uint64_t key, Clock::time_point now) {
+  if (now - swept_ >= window_) {  // forget quiet keys with nothing left to say, at most once a window
+    std::erase_if(keys_, [&](const auto& entry) {
+      return now - entry.second.logged >= window_ && entry.second.suppressed == 0;
+    });
+    swept_ = now;
+  }
+  auto [it, first] = keys_.try_emplace(key, Key{now, 0});
+  if (first) return 0;
+  Key& k = it->second;
+  if (now - k.logged < window_) {
+    ++k.suppressed;
+    return std::nullopt;
+  }
+  const std::uint64_t suppressed = k.suppressed;
+  k = Key{now, 0};
+  return suppressed;
+}
+
 }  // namespace tally

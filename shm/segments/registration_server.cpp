@@ -226,7 +226,7 @@ void RegistrationServer::accept_all() {
       ::close(refused);
     }
     reserve_ = UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-    spdlog::warn("registration: out of file descriptors; a client was turned away");
+    warn_limited(Warning::out_of_descriptors, 0, "registration: out of file descriptors; a client was turned away");
     return;
   }
 }
@@ -259,7 +259,9 @@ void RegistrationServer::evict_oldest(std::optional<uid_t> of_uid) {
     if (oldest == pending_.end() || it->second.since < oldest->second.since) oldest = it;
   }
   if (oldest == pending_.end()) return;
-  spdlog::warn("registration: closing an incomplete request of uid {} (too many pending)", oldest->second.uid);
+  warn_limited(Warning::evicted, oldest->second.uid,
+               fmt::format("registration: closing an incomplete request of uid {} (too many pending)",
+                           oldest->second.uid));
   close_pending(oldest->first);
 }
 
@@ -320,6 +322,16 @@ void RegistrationServer::reply(int fd, int status, const std::string& message, c
   }
 }
 
+void RegistrationServer::warn_limited(Warning kind, uid_t uid, const std::string& message) {
+  const auto suppressed = warnings_.admit(static_cast<std::uint64_t>(kind) | uid);
+  if (!suppressed) return;
+  if (*suppressed == 0) {
+    spdlog::warn("{}", message);
+  } else {
+    spdlog::warn("{} ({} more like it since the last such line, not logged)", message, *suppressed);
+  }
+}
+
 void RegistrationServer::serve(int fd) {
   // What came so far stays in the pending entry: the bytes are taken off the socket, so the descriptor is not
   // readable again until more arrive (no busy loop on a half-written request).
@@ -338,7 +350,8 @@ void RegistrationServer::serve(int fd) {
   socklen_t cred_size = sizeof cred;
   auto refuse = [&](protocol::Status status, const std::string& message) {
     ++refused_;
-    spdlog::warn("registration refused (pid {}, uid {}): {}", cred.pid, cred.uid, message);
+    warn_limited(Warning::refused, cred.uid,
+                 fmt::format("registration refused (pid {}, uid {}): {}", cred.pid, cred.uid, message));
     reply(fd, static_cast<int>(status), message, nullptr);
     close_pending(fd);
   };

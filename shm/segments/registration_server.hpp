@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/base/logging.hpp"
 #include "agent/base/result.hpp"
 #include "agent/base/workload_identity.hpp"
 #include "shm/format/names.hpp"
@@ -113,6 +114,9 @@ class RegistrationServer {
   void evict_oldest(std::optional<uid_t> of_uid);
   void arm_timer();
   void reply(int fd, int status, const std::string& message, const CreatedSegment* segment);
+  // Warnings a client can trigger at will: one line per uid (and kind) per 10 s, the next saying how many were not.
+  enum class Warning : std::uint64_t { refused = 0, evicted = 1ull << 32, out_of_descriptors = 2ull << 32 };
+  void warn_limited(Warning kind, uid_t uid, const std::string& message);
 
   Options options_;
   OnRegistered on_registered_;
@@ -129,6 +133,7 @@ class RegistrationServer {
     std::size_t have = 0;
   };
   std::map<int, Pending> pending_;
+  LogThrottle warnings_;
   std::uint64_t accepted_ = 0, refused_ = 0, sequence_ = 0;
 };
 

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <string>
 
@@ -45,6 +46,31 @@ TEST(LogLevel, ParsesKnownNamesOnly) {
   EXPECT_EQ(parse_log_level("debug"), spdlog::level::debug);
   EXPECT_EQ(parse_log_level("off"), spdlog::level::off);
   EXPECT_FALSE(parse_log_level("loud"));
+}
+
+// A hostile local user can make the agent refuse it thousands of times a second: one line per uid per window, the
+// next saying how many were not logged; other uids are not silenced by it.
+TEST(LogThrottle, OneLinePerKeyPerWindowAndTheNextCountsTheRest) {
+  using namespace std::chrono_literals;
+  LogThrottle throttle(10s);
+  const LogThrottle::Clock::time_point t0{};
+  EXPECT_EQ(throttle.admit(65534, t0 + 1s), 0u);
+  for (int i = 0; i < 4999; ++i) EXPECT_FALSE(throttle.admit(65534, t0 + 2s));
+  EXPECT_EQ(throttle.admit(1000, t0 + 2s), 0u);  // another key has its own window
+  EXPECT_FALSE(throttle.admit(65534, t0 + 10s));
+  EXPECT_EQ(throttle.admit(65534, t0 + 11s), 5000u);
+  EXPECT_EQ(throttle.admit(65534, t0 + 21s), 0u);  // nothing suppressed since
+}
+
+TEST(LogThrottle, QuietKeysAreForgottenButNotTheirUntoldCounts) {
+  using namespace std::chrono_literals;
+  LogThrottle throttle(10s);
+  const LogThrottle::Clock::time_point t0{};
+  for (std::uint64_t key = 0; key < 1000; ++key) EXPECT_EQ(throttle.admit(key, t0 + 1s), 0u);
+  EXPECT_FALSE(throttle.admit(7, t0 + 2s));
+  EXPECT_EQ(throttle.admit(5000, t0 + 30s), 0u);
+  EXPECT_EQ(throttle.keys(), 2u);  // key 7 still has one to tell, and the new key
+  EXPECT_EQ(throttle.admit(7, t0 + 31s), 1u);
 }
 
 }  // namespace
