@@ -10,6 +10,10 @@
 // CPU is the agent's own, all its threads, from /proc/PID/task/*/schedstat (nanoseconds on a CPU: a clock tick is
 // too coarse for a tenth of a percent), over a window after the agent has settled. The baseline of the ratio column
 // is the idle agent of the same run. --window_s=N sets the window (default 10 s; the ctest smoke run uses 1).
+//
+//   RegistrationBurst/clients:1000   1,000 client processes opened at once   target: all attached within 1 s
+// timed from the moment they all wake to the last one attached (bench/burst_clients.cpp); the baseline,
+// WakeBurst/clients:1000, is the same 1,000 processes waking with no tally at all.
 
 #include <fcntl.h>
 #include <signal.h>
@@ -22,6 +26,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -71,6 +77,18 @@ struct Child {
     }
     return seen.find(text) != std::string::npos;
   }
+  // Reads (bounded) one line from its stdout.
+  bool read_line(std::string& line, std::chrono::seconds deadline) {
+    line.clear();
+    const auto end = std::chrono::steady_clock::now() + deadline;
+    char c;
+    while (std::chrono::steady_clock::now() < end) {
+      if (::read(stdout_fd, &c, 1) != 1) return false;
+      if (c == '\n') return true;
+      line.push_back(c);
+    }
+    return false;
+  }
   ~Child() {
     ::close(stdin_fd);
     ::kill(pid, SIGTERM);
@@ -106,43 +124,57 @@ struct Measured {
   double rss_mib = 0;
 };
 
-Measured measure(int clients, int label_sets) {
-  char tmpl[] = "/tmp/tally-cost-XXXXXX";
-  const std::filesystem::path dir = ::mkdtemp(tmpl);
-  {
-    std::ofstream config(dir / "tally.toml");
-    config << fmt::format(
-        "[agent]\nlog_level = \"warn\"\nnode_id = \"bench\"\nstate_dir = \"{0}/state\"\n"
-        "[feed]\nbind = [\"tcp://127.0.0.1:*\"]\n"
-        "[probes]\npin_dir = \"\"\n"
-        "[metering]\nsocket = \"{0}/tally.sock\"\nruntime_dir = \"{0}/run\"\n",
-        dir.string());
-  }
-  Measured result;
-  {
-    Child agent({TALLYD_PATH, "--config", (dir / "tally.toml").string()});
+// The real tallyd on its defaults, with its config, socket and state in a temp dir of its own, and its segments on
+// a tmpfs as /run is (/dev/shm): removed after.
+struct Agent {
+  std::filesystem::path dir, runtime;
+  std::unique_ptr<Child> process;
+  Agent() {
+    char tmpl[] = "/tmp/tally-cost-XXXXXX";
+    dir = ::mkdtemp(tmpl);
+    char runtime_tmpl[] = "/dev/shm/tally-cost-XXXXXX";
+    runtime = ::mkdtemp(runtime_tmpl);
+    {
+      std::ofstream config(dir / "tally.toml");
+      config << fmt::format(
+          "[agent]\nlog_level = \"warn\"\nnode_id = \"bench\"\nstate_dir = \"{0}/state\"\n"
+          "[feed]\nbind = [\"tcp://127.0.0.1:*\"]\n"
+          "[probes]\npin_dir = \"\"\n"
+          "[metering]\nsocket = \"{0}/tally.sock\"\nruntime_dir = \"{1}\"\n",
+          dir.string(), runtime.string());
+    }
+    process = std::make_unique<Child>(std::vector<std::string>{TALLYD_PATH, "--config", (dir / "tally.toml").string()});
     const auto deadline = std::chrono::steady_clock::now() + 20s;
     while (!std::filesystem::exists(dir / "tally.sock") && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(10ms);  // a benchmark, not a test: waits for the agent to listen, bounded
     }
-    std::unique_ptr<Child> idle;
-    if (clients > 0) {
-      ::setenv("TALLY_SOCKET", (dir / "tally.sock").c_str(), 1);
-      idle = std::make_unique<Child>(
-          std::vector<std::string>{IDLE_CLIENTS_PATH, std::to_string(clients), std::to_string(label_sets)});
-      if (!idle->wait_for("ready", 120s)) throw std::runtime_error("idle clients never got ready");
-    }
-    std::this_thread::sleep_for(6s);  // past the first drains, reports, a snapshot and a checkpoint
-    const std::uint64_t before = cpu_ns(agent.pid);
-    const auto start = std::chrono::steady_clock::now();
-    std::this_thread::sleep_for(std::chrono::duration<double>(g_window_s));
-    const std::uint64_t after = cpu_ns(agent.pid);
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    result.cpu_percent = static_cast<double>(after - before) / 1e9 / elapsed * 100.0;
-    result.rss_mib = static_cast<double>(rss_bytes(agent.pid)) / (1024.0 * 1024.0);
+    ::setenv("TALLY_SOCKET", (dir / "tally.sock").c_str(), 1);
   }
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
+  ~Agent() {
+    process.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+    std::filesystem::remove_all(runtime, ec);
+  }
+};
+
+Measured measure(int clients, int label_sets) {
+  Measured result;
+  Agent agent;
+  std::unique_ptr<Child> idle;
+  if (clients > 0) {
+    idle = std::make_unique<Child>(
+        std::vector<std::string>{IDLE_CLIENTS_PATH, std::to_string(clients), std::to_string(label_sets)});
+    if (!idle->wait_for("ready", 120s)) throw std::runtime_error("idle clients never got ready");
+  }
+  std::this_thread::sleep_for(6s);  // past the first drains, reports, a snapshot and a checkpoint
+  const std::uint64_t before = cpu_ns(agent.process->pid);
+  const auto start = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(std::chrono::duration<double>(g_window_s));
+  const std::uint64_t after = cpu_ns(agent.process->pid);
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.cpu_percent = static_cast<double>(after - before) / 1e9 / elapsed * 100.0;
+  result.rss_mib = static_cast<double>(rss_bytes(agent.process->pid)) / (1024.0 * 1024.0);
   return result;
 }
 
@@ -157,6 +189,36 @@ void BM_AgentCost(benchmark::State& state) {
   state.counters["rss_mib"] = m.rss_mib;
 }
 BENCHMARK(BM_AgentCost)->ArgName("clients")->Arg(0)->Arg(400)->Iterations(1)->UseManualTime()->Unit(benchmark::kSecond);
+
+// A burst: N client processes opened at once (bench/burst_clients.cpp), against the real agent; the baseline is the
+// same N processes waking with no tally at all, on the same machine in the same run.
+void run_burst(benchmark::State& state, bool with_client) {
+  const int clients = static_cast<int>(state.range(0));
+  std::optional<Agent> agent;
+  if (with_client) agent.emplace();
+  std::vector<std::string> argv{BURST_CLIENTS_PATH, std::to_string(clients)};
+  if (!with_client) argv.push_back("--no-client");
+  for (auto _ : state) {
+    Child burst(argv);
+    std::string line;
+    if (!burst.read_line(line, 120s)) throw std::runtime_error("burst_clients said nothing");
+    std::size_t n = 0, attached = 0;
+    double median = 0, p99 = 0, all = 0;
+    if (std::sscanf(line.c_str(), "clients=%zu attached=%zu median_ms=%lf p99_ms=%lf all_ms=%lf", &n, &attached,
+                    &median, &p99, &all) != 5) {
+      throw std::runtime_error("burst_clients: " + line);
+    }
+    state.SetIterationTime(all / 1e3);
+    state.counters["attached"] = static_cast<double>(attached);
+    state.counters["median_ms"] = median;
+    state.counters["p99_ms"] = p99;
+    state.counters["all_ms"] = all;
+  }
+}
+void BM_RegistrationBurst(benchmark::State& state) { run_burst(state, true); }
+void BM_WakeBurst(benchmark::State& state) { run_burst(state, false); }
+BENCHMARK(BM_WakeBurst)->ArgName("clients")->Arg(1000)->Iterations(1)->Repetitions(3)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_RegistrationBurst)->ArgName("clients")->Arg(1000)->Iterations(1)->Repetitions(3)->UseManualTime()->Unit(benchmark::kMillisecond);
 
 // Prints medians against the targets.
 class Summary : public tally::bench::MedianReporter {
@@ -175,6 +237,19 @@ class Summary : public tally::bench::MedianReporter {
                   busy->counters.at("cpu_percent"), busy->counters.at("rss_mib"), 64.0 + 400 * 0.25);
       if (idle != nullptr && idle->counters.at("cpu_percent") > 0) {
         std::printf(", %.1fx the idle agent", busy->counters.at("cpu_percent") / idle->counters.at("cpu_percent"));
+      }
+      std::printf("\n");
+    }
+    const tally::bench::Median* wake = find("BM_WakeBurst/clients:1000/");
+    const tally::bench::Median* burst = find("BM_RegistrationBurst/clients:1000/");
+    if (burst != nullptr) {
+      std::printf("\n1,000 clients opened at once: %.0f attached, all within %.0f ms (median client %.0f ms, p99 %.0f ms;"
+                  " target: all within 1,000 ms)",
+                  burst->counters.at("attached"), burst->counters.at("all_ms"), burst->counters.at("median_ms"),
+                  burst->counters.at("p99_ms"));
+      if (wake != nullptr && wake->counters.at("all_ms") > 0) {
+        std::printf(", %.1fx waking 1,000 processes with no tally (%.0f ms)",
+                    burst->counters.at("all_ms") / wake->counters.at("all_ms"), wake->counters.at("all_ms"));
       }
       std::printf("\n");
     }

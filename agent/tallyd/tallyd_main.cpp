@@ -1,4 +1,6 @@
 // tallyd: the node agent. Parses the command line and the config, then hands over to run_daemon().
+#include <sys/resource.h>
+
 #include <cstdio>
 
 #include <CLI/CLI.hpp>
@@ -9,6 +11,23 @@
 #include "agent/tallyd/daemon.hpp"
 #include "agent/base/logging.hpp"
 #include "agent/base/version.hpp"
+
+namespace {
+
+// The agent holds a descriptor per client process (and never uses select()): take the whole hard limit, as systemd
+// recommends, so that a tallyd started by hand at a shell's soft limit of 1,024 serves as many clients as the unit's
+// LimitNOFILE allows.
+void raise_descriptor_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= limit.rlim_max) return;
+  const rlim_t was = limit.rlim_cur;
+  limit.rlim_cur = limit.rlim_max;
+  if (::setrlimit(RLIMIT_NOFILE, &limit) == 0) {
+    spdlog::info("open files: soft limit raised from {} to the hard limit {}", was, limit.rlim_max);
+  }
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace tally;
@@ -49,5 +68,6 @@ int main(int argc, char** argv) {
   } else {
     spdlog::info("configuration: built-in defaults ({} does not exist)", options.config_path.string());
   }
+  raise_descriptor_limit();
   return run_daemon(options, std::move(*config));
 }

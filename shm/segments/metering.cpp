@@ -57,6 +57,7 @@ Result<std::unique_ptr<MeteringSource>> MeteringSource::start(
   server.admit = [raw](const Producer& p, const WorkloadIdentity& id, const SegmentShape& shape) {
     return raw->admit(p, id, shape);
   };
+  server.on_unanswered = [raw](const Registration& r) { raw->drop(r.segment_path); };
   auto listening = RegistrationServer::listen(server, [raw](const Registration& r) { return raw->attach(r); });
   if (!listening) return listening.error();
   source->server_ = std::move(*listening);
@@ -368,6 +369,15 @@ void MeteringSource::sync(bool every) {
   }
   if (unwatched_) on_exits();
   read_all(Read::totals, every);
+}
+
+void MeteringSource::drop(const std::filesystem::path& segment_path) {
+  for (std::size_t i = 0; i < segments_.size(); ++i) {
+    if (segments_[i]->registration.segment_path == segment_path) {
+      retire(i, "");  // nothing was ever written to it: the client never had it
+      return;
+    }
+  }
 }
 
 void MeteringSource::retire(std::size_t index, const std::string& quarantine_reason) {

@@ -139,6 +139,8 @@ class MeteringSource {
   void adopt_new_labels(Segment& segment);
   std::optional<std::string> refused_tenant(const Segment& segment, const LabelSet& labels) const;
   void retire(std::size_t index, const std::string& quarantine_reason);
+  // Retires a segment whose client never received it (it hung up before the reply).
+  void drop(const std::filesystem::path& segment_path);
   void on_exits();
   enum class Liveness { alive, exited, unknown };
   // Whether the segment's producer still runs, watching it (a shared pidfd) where it can. `exited` only when sure.

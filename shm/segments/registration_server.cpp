@@ -296,7 +296,7 @@ void RegistrationServer::arm_timer() {
   ::timerfd_settime(timer_.get(), 0, &when, nullptr);
 }
 
-void RegistrationServer::reply(int fd, int status, const std::string& message, const CreatedSegment* segment) {
+bool RegistrationServer::reply(int fd, int status, const std::string& message, const CreatedSegment* segment) {
   protocol::Reply r{};
   r.magic = protocol::kReplyMagic;
   r.version = protocol::kVersion;
@@ -317,9 +317,7 @@ void RegistrationServer::reply(int fd, int status, const std::string& message, c
     const int fds[2] = {segment->segment.get(), segment->control_read_only.get()};
     std::memcpy(CMSG_DATA(h), fds, sizeof fds);
   }
-  if (::sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) != static_cast<ssize_t>(sizeof r)) {
-    spdlog::warn("registration: could not send the reply: {}", std::strerror(errno));
-  }
+  return ::sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) == static_cast<ssize_t>(sizeof r);
 }
 
 void RegistrationServer::warn_limited(Warning kind, uid_t uid, const std::string& message) {
@@ -415,7 +413,12 @@ void RegistrationServer::serve(int fd) {
   ++accepted_;
   spdlog::info("registered pid {} (uid {}) as {} ('{}'): {}", cred.pid, cred.uid, registration.identity.id, name,
                registration.segment_path.string());
-  reply(fd, static_cast<int>(protocol::Status::ok), "", &created.value());
+  if (!reply(fd, static_cast<int>(protocol::Status::ok), "", &created.value())) {
+    warn_limited(Warning::unanswered, cred.uid,
+                 fmt::format("registration: pid {} (uid {}) hung up before its reply: {}; its segment is dropped",
+                             cred.pid, cred.uid, std::strerror(errno)));
+    if (options_.on_unanswered) options_.on_unanswered(registration);
+  }
   close_pending(fd);
 }
 

@@ -85,6 +85,10 @@ class RegistrationServer {
     // Asked before a segment is made for a client (e.g. its uid's and cgroup's share): an Error refuses it with
     // that message. Empty: everyone is admitted.
     std::function<Result<void>(const Producer&, const WorkloadIdentity&, const SegmentShape&)> admit;
+    // Called when the reply granting a segment could not be sent (the client hung up meanwhile, e.g. it gave up
+    // waiting): the client never got the segment, so the owner drops it instead of holding it, against the uid's
+    // bounds, until the process exits. Empty: nothing is done.
+    std::function<void(const Registration&)> on_unanswered;
   };
   // Called for each accepted client, after its segment exists and before the reply is sent. Returning an Error
   // refuses the client with that message (and removes the segment).
@@ -113,9 +117,15 @@ class RegistrationServer {
   void close_pending(int fd);
   void evict_oldest(std::optional<uid_t> of_uid);
   void arm_timer();
-  void reply(int fd, int status, const std::string& message, const CreatedSegment* segment);
+  // Whether the whole reply was sent.
+  bool reply(int fd, int status, const std::string& message, const CreatedSegment* segment);
   // Warnings a client can trigger at will: one line per uid (and kind) per 10 s, the next saying how many were not.
-  enum class Warning : std::uint64_t { refused = 0, evicted = 1ull << 32, out_of_descriptors = 2ull << 32 };
+  enum class Warning : std::uint64_t {
+    refused = 0,
+    evicted = 1ull << 32,
+    out_of_descriptors = 2ull << 32,
+    unanswered = 3ull << 32,
+  };
   void warn_limited(Warning kind, uid_t uid, const std::string& message);
 
   Options options_;

@@ -17,8 +17,10 @@
 #include <chrono>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "agent/base/unique_fd.hpp"
+#include "shm/segments/metering.hpp"
 #include "tests/support/deadline.hpp"
 #include "tests/support/temp_dir.hpp"
 
@@ -180,6 +182,52 @@ TEST_F(RegistrationServerTest, OutOfDescriptorsAClientIsToldWhyAndTheListenerDoe
   ASSERT_EQ(::send(next.get(), &r, sizeof r, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof r));
   serve();
   EXPECT_EQ(reply_of(next.get()).status, protocol::Status::ok);
+}
+
+// A client that hangs up before its reply (it gave up waiting on a loaded agent) never got its segment: the agent
+// drops it instead of holding it against the uid's bounds until the process exits.
+TEST_F(RegistrationServerTest, ASegmentWhoseClientHungUpBeforeTheReplyIsDropped) {
+  std::vector<std::filesystem::path> unanswered;
+  options_.on_unanswered = [&](const Registration& r) { unanswered.push_back(r.segment_path); };
+  listen();
+  const protocol::Request r = request();
+  {
+    UniqueFd gone = client_socket();
+    ASSERT_TRUE(connect(gone));
+    ASSERT_EQ(::send(gone.get(), &r, sizeof r, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof r));
+  }  // hung up with its request sent
+  serve();
+  ASSERT_EQ(unanswered.size(), 1u);
+  UniqueFd stays = connect_as(0);
+  ASSERT_EQ(::send(stays.get(), &r, sizeof r, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof r));
+  serve();
+  EXPECT_EQ(reply_of(stays.get()).status, protocol::Status::ok);
+  EXPECT_EQ(unanswered.size(), 1u) << "an answered client's segment was dropped";
+}
+
+TEST_F(RegistrationServerTest, TheMeteringSourceRetiresAnUnansweredSegment) {
+  struct Retired : MeteringSource::Listener {
+    void on_attached(const Segment&) override { ++attached; }
+    void on_drained(const Segment&, std::span<const RequestEvent>) override {}
+    void on_retired(const Segment&, const std::string&) override { ++retired; }
+    int attached = 0, retired = 0;
+  } listener;
+  MeteringSource::Options options;
+  options.socket_path = options_.socket_path;
+  options.segment_dir = options_.segment_dir;
+  options.instance_id = "unanswered";
+  auto source = MeteringSource::start(options, listener, [](const std::string&) { return false; });
+  ASSERT_TRUE(source) << source.error().message;
+  const protocol::Request r = request();
+  {
+    UniqueFd gone = client_socket();
+    ASSERT_TRUE(connect(gone));
+    ASSERT_EQ(::send(gone.get(), &r, sizeof r, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof r));
+  }
+  for (int round = 0; round < 100 && readable((*source)->fd()); ++round) (*source)->on_readable();
+  EXPECT_EQ(listener.attached, 1);
+  EXPECT_EQ(listener.retired, 1);
+  EXPECT_EQ((*source)->live_segments(), 0u);
 }
 
 }  // namespace
