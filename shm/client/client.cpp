@@ -330,14 +330,15 @@ void pending_set(tally_client* c, std::uint32_t labels, tally_gauge gauge, std::
 }
 
 // What tally_record adds to a label set's counters, through `add` (a plain or an atomic add).
+// Errors and tool calls are usually none: a well-predicted branch skips their load and store.
 template <class Add>
 inline void add_request_counters(std::uint64_t* cells, const tally_request& r, Add add) {
   add(cells + TALLY_TOKENS_IN, r.tokens_in);
   add(cells + TALLY_TOKENS_OUT, r.tokens_out);
   add(cells + TALLY_REQUESTS, 1);
-  add(cells + TALLY_ERRORS, r.status != 0 ? 1 : 0);
   add(cells + TALLY_GPU_TIME_NS, r.gpu_time_ns);
-  add(cells + TALLY_TOOL_CALLS, r.tool_calls);
+  if (r.status != 0) add(cells + TALLY_ERRORS, 1);
+  if (r.tool_calls != 0) add(cells + TALLY_TOOL_CALLS, r.tool_calls);
 }
 
 // A cell of our own slot has one writer: a plain load and store, no lock prefix.
@@ -399,17 +400,15 @@ SlotView claim_slot(tally_client* c, std::uint32_t tid) {
 }
 
 // Writes one event at lane position `head` and publishes it (commit, then head: both release).
+// Writes one event at lane position `head` and publishes it (the head: release). The record is one plain 64-byte
+// copy, which the compiler makes a few wide stores, its commit word included: no reader looks at this record until
+// the head passes it, and we rewrite it only after the agent's tail passed it (acquire), so no access to it is
+// concurrent; the release store of the head orders all of it before the head. (The commit word lets the reader
+// tell a record a hostile writer rewrote under it.)
 inline void write_record(fmt_ns::SlotHeader* slot, fmt_ns::Record& rec, std::uint64_t head, std::uint32_t labels,
                          const tally_request& r) {
-  store_relaxed(rec.labels, labels);
-  store_relaxed(rec.status, r.status);
-  store_relaxed(rec.tool_calls, r.tool_calls);
-  store_relaxed(rec.tokens_in, r.tokens_in);
-  store_relaxed(rec.tokens_out, r.tokens_out);
-  store_relaxed(rec.ttft_ns, r.ttft_ns);
-  store_relaxed(rec.duration_ns, r.duration_ns);
-  store_relaxed(rec.gpu_time_ns, r.gpu_time_ns);
-  store_release(rec.commit, static_cast<std::uint32_t>(head + 1));
+  rec = fmt_ns::Record{static_cast<std::uint32_t>(head + 1), labels, r.status, r.tool_calls, r.tokens_in,
+                       r.tokens_out, r.ttft_ns, r.duration_ns, r.gpu_time_ns, 0};
   store_release(slot->head, head + 1);
 }
 
@@ -599,25 +598,8 @@ Exchange receive_reply(tally_client* c, int timeout_ms) {
   tally::UniqueFd socket(c->pending_fd);
   c->pending_fd = -1;
   proto_ns::Reply reply{};
-  alignas(cmsghdr) char control[CMSG_SPACE(2 * sizeof(int))] = {};
-  iovec io{&reply, sizeof reply};
-  msghdr msg{};
-  msg.msg_iov = &io;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  const ssize_t n = ::recvmsg(socket.get(), &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
   tally::UniqueFd fds[2];
-  for (cmsghdr* h = CMSG_FIRSTHDR(&msg); h != nullptr; h = CMSG_NXTHDR(&msg, h)) {
-    if (h->cmsg_level == SOL_SOCKET && h->cmsg_type == SCM_RIGHTS) {
-      const std::size_t count = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (std::size_t i = 0; i < count; ++i) {
-        int fd = -1;
-        std::memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof fd);
-        if (i < 2) fds[i].reset(fd); else ::close(fd);
-      }
-    }
-  }
+  const ssize_t n = tally::receive_with_fds(socket.get(), &reply, sizeof reply, MSG_DONTWAIT, fds);
   if (n != static_cast<ssize_t>(sizeof reply) || reply.magic != proto_ns::kReplyMagic) {
     set_error(c, "tally: malformed reply from the agent");
     return Exchange::failed;
@@ -1102,9 +1084,10 @@ void tally_record(tally_client* c, uint32_t labels, const tally_request* r) {
   if (r == nullptr || !cache_is_for(tc, c) || labels - 1 >= tc.fast_labels) [[unlikely]] {
     return record_slow(c, labels, r);
   }
+  const tally_request request = *r;  // loaded once: the stores below might otherwise alias it, forcing reloads
   std::uint64_t* cells = tc.counters + std::size_t{labels} * fmt_ns::kCounterCount;
-  add_request_counters(cells, *r, add_owned);
-  append_record(tc, labels, *r);
+  add_request_counters(cells, request, add_owned);
+  append_record(tc, labels, request);
 }
 
 tally_admission tally_admit(tally_client* c, uint32_t labels) {

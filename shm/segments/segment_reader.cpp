@@ -224,9 +224,9 @@ Result<void> SegmentReader::drain_lanes(std::vector<RequestEvent>& events, std::
       RequestEvent e{load_relaxed(r.labels),     load_relaxed(r.status),      load_relaxed(r.tool_calls),
                      load_relaxed(r.tokens_in),  load_relaxed(r.tokens_out),  load_relaxed(r.ttft_ns),
                      load_relaxed(r.duration_ns), load_relaxed(r.gpu_time_ns)};
-      // A writer stores the fields, then the commit (release), then the head (release); it only rewrites this
-      // record after our tail passed it. So after the acquire loads of head and commit the fields are whole; the
-      // second look at the commit catches a hostile writer scribbling meanwhile (its data is then skipped).
+      // A writer stores the record, commit word included, then the head (release); it only rewrites this record
+      // after our tail passed it. So after the acquire load of the head the fields are whole; the commit checks
+      // before and after catch a hostile writer scribbling meanwhile (its data is then skipped).
       const std::uint32_t again = load_acquire(r.commit);
       if (commit != static_cast<std::uint32_t>(i + 1) || again != commit) {
         ++torn_;  // never published completely: skipped, never read as valid

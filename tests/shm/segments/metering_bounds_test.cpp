@@ -26,6 +26,7 @@
 #include <map>
 #include <sstream>
 
+#include "agent/base/unix_socket.hpp"
 #include "shm/format/registration_protocol.hpp"
 #include "tally/client.h"
 #include "tests/support/temp_dir.hpp"
@@ -76,29 +77,17 @@ bool register_raw(const std::string& socket_path) {
   std::strcpy(request.workload_name, "hostile");
   (void)::send(fd, &request, sizeof request, MSG_NOSIGNAL);
   protocol::Reply reply{};
-  alignas(cmsghdr) char control[CMSG_SPACE(2 * sizeof(int))] = {};
-  iovec io{&reply, sizeof reply};
-  msghdr msg{};
-  msg.msg_iov = &io;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  const ssize_t n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
-  for (cmsghdr* h = CMSG_FIRSTHDR(&msg); h != nullptr; h = CMSG_NXTHDR(&msg, h)) {
-    const int* fds = reinterpret_cast<const int*>(CMSG_DATA(h));
-    for (std::size_t i = 0; i < (h->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i) {
-      struct stat st {};
-      if (::fstat(fds[i], &st) == 0 && st.st_size > 0) {
-        const auto size = static_cast<std::size_t>(st.st_size);
-        void* map = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[i], 0);
-        if (map != MAP_FAILED) {
-          auto* bytes = static_cast<volatile std::uint8_t*>(map);
-          for (std::size_t at = 0; at < size; at += 4096) bytes[at] = bytes[at];  // allocates the page
-          ::munmap(map, size);
-        }
-      }
-      ::close(fds[i]);
-    }
+  UniqueFd fds[2];
+  const ssize_t n = receive_with_fds(fd, &reply, sizeof reply, 0, fds);
+  for (const UniqueFd& segment : fds) {
+    struct stat st {};
+    if (!segment || ::fstat(segment.get(), &st) != 0 || st.st_size <= 0) continue;
+    const auto size = static_cast<std::size_t>(st.st_size);
+    void* map = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, segment.get(), 0);
+    if (map == MAP_FAILED) continue;
+    auto* bytes = static_cast<volatile std::uint8_t*>(map);
+    for (std::size_t at = 0; at < size; at += 4096) bytes[at] = bytes[at];  // allocates the page
+    ::munmap(map, size);
   }
   ::close(fd);
   return n == static_cast<ssize_t>(sizeof reply) && reply.status == protocol::Status::ok;
