@@ -399,7 +399,6 @@ SlotView claim_slot(tally_client* c, std::uint32_t tid) {
   return {nullptr, c->overflow, nullptr};
 }
 
-// Writes one event at lane position `head` and publishes it (commit, then head: both release).
 // Writes one event at lane position `head` and publishes it (the head: release). The record is one plain 64-byte
 // copy, which the compiler makes a few wide stores, its commit word included: no reader looks at this record until
 // the head passes it, and we rewrite it only after the agent's tail passed it (acquire), so no access to it is
