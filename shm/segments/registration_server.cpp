@@ -234,9 +234,14 @@ void RegistrationServer::accept_all() {
 void RegistrationServer::accept_one(int fd) {
   ucred cred{};
   socklen_t cred_size = sizeof cred;
-  (void)::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_size);  // checked again when the request is served
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_size) != 0) {  // nobody to bill: told why
+    ++refused_;
+    reply(fd, static_cast<int>(protocol::Status::internal), "SO_PEERCRED failed", nullptr);
+    ::close(fd);
+    return;
+  }
   std::size_t of_uid = 0;
-  for (const auto& [other, p] : pending_) of_uid += p.uid == cred.uid;
+  for (const auto& [other, p] : pending_) of_uid += p.peer.uid == cred.uid;
   if (of_uid >= options_.max_pending_per_uid) evict_oldest(cred.uid);
   if (pending_.size() >= options_.max_pending) evict_oldest(std::nullopt);
   epoll_event event{};
@@ -247,7 +252,7 @@ void RegistrationServer::accept_one(int fd) {
     return;
   }
   Pending& p = pending_[fd];
-  p.uid = cred.uid;
+  p.peer = cred;
   p.since = std::chrono::steady_clock::now();
   serve(fd);  // a client writes its request right after connecting: usually it is here already
 }
@@ -255,13 +260,13 @@ void RegistrationServer::accept_one(int fd) {
 void RegistrationServer::evict_oldest(std::optional<uid_t> of_uid) {
   auto oldest = pending_.end();
   for (auto it = pending_.begin(); it != pending_.end(); ++it) {
-    if (of_uid && it->second.uid != *of_uid) continue;
+    if (of_uid && it->second.peer.uid != *of_uid) continue;
     if (oldest == pending_.end() || it->second.since < oldest->second.since) oldest = it;
   }
   if (oldest == pending_.end()) return;
-  warn_limited(Warning::evicted, oldest->second.uid,
+  warn_limited(Warning::evicted, oldest->second.peer.uid,
                fmt::format("registration: closing an incomplete request of uid {} (too many pending)",
-                           oldest->second.uid));
+                           oldest->second.peer.uid));
   close_pending(oldest->first);
 }
 
@@ -343,9 +348,8 @@ void RegistrationServer::serve(int fd) {
   pending.have += static_cast<std::size_t>(n);
   if (pending.have < pending.bytes.size()) return;  // the rest is on its way (or the deadline closes it)
   const auto request = pending.bytes;
+  const ucred cred = pending.peer;
 
-  ucred cred{};
-  socklen_t cred_size = sizeof cred;
   auto refuse = [&](protocol::Status status, const std::string& message) {
     ++refused_;
     warn_limited(Warning::refused, cred.uid,
@@ -353,10 +357,6 @@ void RegistrationServer::serve(int fd) {
     reply(fd, static_cast<int>(status), message, nullptr);
     close_pending(fd);
   };
-  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_size) != 0) {
-    refuse(protocol::Status::internal, "SO_PEERCRED failed");
-    return;
-  }
   auto parsed = parse_registration_request(request, options_.limits);
   if (!parsed) {
     refuse(parsed.error().code == ErrorCode::unsupported ? protocol::Status::unsupported_version

@@ -8,6 +8,7 @@
 // connects and sends nothing costs one descriptor until it hangs up or `request_timeout` passes, and pending
 // connections are bounded per uid and in all (the oldest is closed first).
 
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <array>
@@ -137,7 +138,7 @@ class RegistrationServer {
   // Accepted, request not complete yet: what has come so far waits here, so a half-written request costs nothing
   // until more bytes arrive or its deadline passes (the timer).
   struct Pending {
-    uid_t uid = 0;
+    ucred peer{};  // SO_PEERCRED: fixed when the client connected, so read once, at accept
     std::chrono::steady_clock::time_point since;
     std::array<std::byte, sizeof(protocol::Request)> bytes{};
     std::size_t have = 0;
