@@ -18,7 +18,7 @@ constexpr std::uint32_t kReportStart = 1, kReportEnd = 2, kReportFinal = 3, kRep
                         kReportSnapshot = 5;
 constexpr std::uint32_t kWorkloadId = 1, kWorkloadKind = 2, kCgroupPath = 3, kAttributes = 4, kNames = 5, kPids = 6,
                         kExited = 7, kExitedUnixNs = 8, kLabelSets = 11, kQuarantined = 12, kLiveSegments = 13,
-                        kWorkloadTotals = 21;
+                        kWorkloadTotals = 21, kWorkloadGauges = 22;
 constexpr std::uint32_t kLabels = 1, kGauges = 4, kRefused = 5, kTtft = 6, kDuration = 7, kTokens = 8, kGpuTime = 9,
                         kTop1Tokens = 10, kTop1GpuTime = 11, kLabelSetTotals = 12;
 constexpr std::uint32_t kMapKey = 1, kMapValue = 2;  // map entries, Label
@@ -62,6 +62,20 @@ void put_tail(std::string& out, std::uint32_t field_number, const ExponentialHis
   wire::put_message(out, field_number, tail);
 }
 
+// The label set's gauges as map<string, uint64> entries of `field_number`; a gauge at 0 is left out.
+void put_gauges(const ledger::Ledger& ledger, const LabelSet& label_set, std::uint32_t field_number,
+                std::string& out) {
+  for (const ledger::Gauge& gauge : label_set.gauges) {
+    if (gauge.value == 0) continue;
+    const std::string& name = ledger.key(gauge.id).name;
+    wire::put_message_header(out, field_number,
+                             wire::message_header_size(field::kMapKey, name.size()) + name.size() + 1 +
+                                 wire::varint_size(gauge.value));
+    wire::put_string(out, field::kMapKey, name);
+    wire::put_uint(out, field::kMapValue, gauge.value);
+  }
+}
+
 }  // namespace
 
 const std::string& UsageReportEncoder::counter_prefix(const ledger::Ledger& ledger, ledger::CounterId counter) {
@@ -95,15 +109,7 @@ void UsageReportEncoder::write_label_set(const ledger::Ledger& ledger, const Lab
   if (!whole_workload) {
     begun = wire::begin_message(out, field::kLabelSets);
     out += cache.head;
-    for (const ledger::Gauge& gauge : label_set.gauges) {
-      if (gauge.value == 0) continue;
-      const std::string& name = ledger.key(gauge.id).name;
-      wire::put_message_header(out, field::kGauges,
-                               wire::message_header_size(field::kMapKey, name.size()) + name.size() + 1 +
-                                   wire::varint_size(gauge.value));
-      wire::put_string(out, field::kMapKey, name);
-      wire::put_uint(out, field::kMapValue, gauge.value);
-    }
+    put_gauges(ledger, label_set, field::kGauges, out);
     wire::put_bool(out, field::kRefused, label_set.refused);
     if (label_set.tails && label_set.tails->tokens.count() > 0) {
       // Tails change only with requests: re-encoded when more came (quantiles walk the buckets).
@@ -121,6 +127,7 @@ void UsageReportEncoder::write_label_set(const ledger::Ledger& ledger, const Lab
       out += cache.tails;
     }
   }
+  if (whole_workload) put_gauges(ledger, label_set, field::kWorkloadGauges, out);
   // One CounterTotal per counter: tag, length, the fixed prefix, total, delta. Written in place: room for the largest
   // each can be is made once, the rest given back after.
   const std::uint32_t totals_field = whole_workload ? field::kWorkloadTotals : field::kLabelSetTotals;

@@ -44,13 +44,14 @@ class UsageReportTest : public ::testing::Test {
       : tokens_(ledger_.counter("tokens_in", Source::client)),
         io_(ledger_.counter("io_write_bytes", Source::kernel_probes)),
         kv_(ledger_.counter("kv_cache_bytes", Source::client, Kind::measured, true)),
-        apportioned_(ledger_.counter("gpu_allocated_seconds", Source::nvml, Kind::apportioned)) {}
+        apportioned_(ledger_.counter("gpu_allocated_seconds", Source::nvml, Kind::apportioned)),
+        gpu_memory_(ledger_.counter("gpu_memory_bytes", Source::nvml, Kind::measured, true)) {}
 
   std::string encode(bool snapshot) { return encoder_.encode(ledger_, {1, 2, snapshot, false}); }
 
   ledger::Ledger ledger_;
   UsageReportEncoder encoder_;
-  ledger::CounterId tokens_, io_, kv_, apportioned_;
+  ledger::CounterId tokens_, io_, kv_, apportioned_, gpu_memory_;
 };
 
 TEST_F(UsageReportTest, CarriesTotalsDeltasKindsAndSources) {
@@ -67,6 +68,8 @@ TEST_F(UsageReportTest, CarriesTotalsDeltasKindsAndSources) {
   ledger::Contributor& kernel = ledger_.contributor("kernel:e:9", w, Source::kernel_probes);
   ledger_.update(kernel, ledger_.cell(kernel, whole, io_), 4096);
   ledger_.add(whole, apportioned_, 3);
+  ledger::Contributor& driver = ledger_.contributor("nvml:GPU-1:w", w, Source::nvml);
+  ledger_.update(driver, ledger_.cell(driver, whole, gpu_memory_), 1 << 20);
   ledger_.set_refused(ls, true);
 
   const v1::UsageReport report = parse(encode(false));
@@ -94,6 +97,8 @@ TEST_F(UsageReportTest, CarriesTotalsDeltasKindsAndSources) {
   ASSERT_NE(allocated, nullptr);
   EXPECT_EQ(allocated->kind(), v1::VALUE_KIND_APPORTIONED);
   EXPECT_EQ(allocated->source(), v1::VALUE_SOURCE_NVML);
+  ASSERT_EQ(usage->gauges().size(), 1u) << "the workload's own gauges, not a label set's";
+  EXPECT_EQ(usage->gauges().at("gpu_memory_bytes"), 1u << 20);
   ASSERT_EQ(usage->label_sets_size(), 1);
   const v1::LabelSetUsage& l = usage->label_sets(0);
   ASSERT_EQ(l.labels_size(), 2);
