@@ -164,6 +164,7 @@ std::string_view to_string(WorkloadKind kind) {
     case WorkloadKind::user_unit: return "user_unit";
     case WorkloadKind::process: return "process";
     case WorkloadKind::cgroup: return "cgroup";
+    case WorkloadKind::gpu: return "gpu";
   }
   return "cgroup";
 }
@@ -171,7 +172,7 @@ std::string_view to_string(WorkloadKind kind) {
 std::optional<WorkloadKind> workload_kind_from_string(std::string_view name) {
   for (auto kind : {WorkloadKind::systemd_unit, WorkloadKind::kubernetes_pod, WorkloadKind::slurm_job,
                     WorkloadKind::docker_container, WorkloadKind::user_unit, WorkloadKind::process,
-                    WorkloadKind::cgroup}) {
+                    WorkloadKind::cgroup, WorkloadKind::gpu}) {
     if (to_string(kind) == name) return kind;
   }
   return std::nullopt;

@@ -27,6 +27,7 @@ enum class WorkloadKind {
   user_unit,         // a unit of a user's manager: /user.slice/user-<U>.slice/user@<U>.service/app.slice/foo.service
   process,           // a process in the root cgroup: identified as itself (pid, executable, start time)
   cgroup,            // anything else: the raw cgroup path
+  gpu,               // not a workload: a GPU's own totals and its idle and unattributed buckets, "gpu:<uuid>"
 };
 
 struct WorkloadIdentity {

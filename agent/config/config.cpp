@@ -212,6 +212,16 @@ Result<void> read_topology(const SchemaReader& reader, const toml::table& table,
   return {};
 }
 
+Result<void> read_gpu(const SchemaReader& reader, const toml::table& table, GpuSection& gpu) {
+  TALLY_TRY(reader.reject_unknown(
+      table, "gpu", {"enabled", "interval_ms", "idle_threshold_percent", "idle_window_s", "idle_min_samples"}));
+  TALLY_TRY(reader.read_bool(table, "gpu", "enabled", gpu.enabled));
+  TALLY_TRY(reader.read_uint(table, "gpu", "interval_ms", 10, 3'600'000, gpu.interval_ms));
+  TALLY_TRY(reader.read_uint(table, "gpu", "idle_threshold_percent", 0, 100, gpu.idle_threshold_percent));
+  TALLY_TRY(reader.read_uint(table, "gpu", "idle_window_s", 1, 30 * 86400, gpu.idle_window_s));
+  return reader.read_uint(table, "gpu", "idle_min_samples", 1, 1'000'000, gpu.idle_min_samples);
+}
+
 Result<void> read_probes(const SchemaReader& reader, const toml::table& table, ProbesSection& probes) {
   TALLY_TRY(reader.reject_unknown(table, "probes", {"enabled", "pin_dir", "counters_capacity"}));
   TALLY_TRY(reader.read_bool(table, "probes", "enabled", probes.enabled));
@@ -320,7 +330,7 @@ Result<Config> parse_config(std::string_view toml_text, std::string_view source_
   }
   const SchemaReader reader(source_name);
   Config config;
-  TALLY_TRY(reader.reject_unknown(root, "", {"agent", "feed", "probes", "metering", "topology", "identity"}));
+  TALLY_TRY(reader.reject_unknown(root, "", {"agent", "feed", "probes", "metering", "topology", "identity", "gpu"}));
 
   auto agent = reader.section(root, "agent");
   if (!agent) return agent.error();
@@ -348,6 +358,10 @@ Result<Config> parse_config(std::string_view toml_text, std::string_view source_
   auto topology = reader.section(root, "topology");
   if (!topology) return topology.error();
   if (*topology) TALLY_TRY(read_topology(reader, **topology, config.topology));
+
+  auto gpu = reader.section(root, "gpu");
+  if (!gpu) return gpu.error();
+  if (*gpu) TALLY_TRY(read_gpu(reader, **gpu, config.gpu));
 
   auto identity = reader.section(root, "identity");
   if (!identity) return identity.error();

@@ -82,12 +82,23 @@ struct TopologySection {
   bool operator==(const TopologySection&) const = default;
 };
 
+// GPU accounting from NVML (docs/gpu-accounting.md); the library is [topology] nvml_library. Read at start.
+struct GpuSection {
+  bool enabled = true;                       // where NVML loads; without it the agent runs on, without GPU figures
+  std::uint32_t interval_ms = 1000;          // one pass over NVML
+  std::uint32_t idle_threshold_percent = 10; // a GPU under this utilization ...
+  std::uint32_t idle_window_s = 7200;        // ... for this long is idle (GpuIdle)
+  std::uint32_t idle_min_samples = 10;       // with at least this many readings in the window
+  bool operator==(const GpuSection&) const = default;
+};
+
 struct Config {
   AgentSection agent;
   FeedSection feed;
   ProbesSection probes;
   MeteringSection metering;
   TopologySection topology;
+  GpuSection gpu;
   // Where each workload manager puts its cgroups ([identity], docs/configuration.md): read at start.
   IdentityRules identity;
   bool operator==(const Config&) const = default;

@@ -22,8 +22,10 @@
 #include "agent/ledger/ledger.hpp"
 #include "agent/tallyd/client_usage.hpp"
 #include "agent/tallyd/event_loop.hpp"
+#include "agent/tallyd/gpu_usage.hpp"
 #include "agent/tallyd/kernel_usage.hpp"
 #include "agent/tallyd/self_usage.hpp"
+#include "collectors/gpu/gpu_source.hpp"
 #include "collectors/kernel/kernel_source.hpp"
 #include "collectors/topology/topology.hpp"
 #include "collectors/topology/topology_watch.hpp"
@@ -89,6 +91,7 @@ class Daemon {
     watch_devices();
     start_kernel_source();
     start_metering();
+    start_gpu_accounting();
     publish_topology();
     // READY=1 only now: the feed socket is bound and accepts subscribers.
     sd_notifyf(0, "READY=1\nSTATUS=%s", status_line().c_str());
@@ -196,6 +199,8 @@ class Daemon {
           if (!metering_) continue;  // kept until metering runs again and can remove the segment
           metering_->remove_files(key.substr(4));
           ledger_.forget_retired(key);
+        } else if (key.starts_with("nvml:")) {  // nothing of it lives outside the ledger
+          ledger_.forget_retired(key);
         } else if (kernel_ && kernel_->forget(key)) {
           ledger_.forget_retired(key);
         }
@@ -234,6 +239,7 @@ class Daemon {
       pace_draining();
     }
     if (kernel_) kernel_usage_->record(kernel_->collect());
+    take_gpu_passes();
     const std::uint64_t now = unix_time_ns();
     ledger_.expire(now, std::uint64_t{config_.metering.retention_s} * 1'000'000'000ULL);
     publisher_->publish(FeedKind::usage, encoder_.encode(ledger_, {interval_start_ns_, now, snapshot, final}));
@@ -379,6 +385,43 @@ class Daemon {
     pace_draining();
   }
 
+  // GPU accounting (docs/gpu-accounting.md): NVML sampled on the source's own thread; its passes are written into
+  // the ledger here, on the loop. A node without NVML runs on without GPU figures, saying so once.
+  void start_gpu_accounting() {
+    if (!config_.gpu.enabled || config_.topology.nvml_library.empty()) return;
+    collectors::gpu::GpuSource::Options options;
+    options.library = config_.topology.nvml_library;
+    options.interval = milliseconds(config_.gpu.interval_ms);
+    options.idle.threshold_percent = config_.gpu.idle_threshold_percent;
+    options.idle.window_ns = std::uint64_t{config_.gpu.idle_window_s} * 1'000'000'000ULL;
+    options.idle.min_samples = config_.gpu.idle_min_samples;
+    options.identity_rules = config_.identity;
+    auto source = collectors::gpu::GpuSource::start(options);
+    if (!source) {
+      // The default library is looked for quietly: most nodes have no NVIDIA GPU.
+      const bool named = config_.topology.nvml_library != collectors::kDefaultNvmlLibrary;
+      if (named) spdlog::warn("GPU accounting off: {}", source.error().message);
+      else spdlog::info("GPU accounting off: {}", source.error().message);
+      return;
+    }
+    auto io = loop_->add_io((*source)->fd(), EPOLLIN, [this](std::uint32_t) { take_gpu_passes(); });
+    if (!io) {
+      spdlog::error("GPU accounting off: {}", io.error().message);
+      return;
+    }
+    gpu_ = std::move(*source);
+    gpu_io_ = std::move(*io);
+    gpu_usage_ = std::make_unique<GpuUsageRecorder>(ledger_);
+    const auto missing = gpu_->missing_optional();
+    spdlog::info("GPU accounting on: NVML driver {}, every {} ms{}", gpu_->driver_version(), config_.gpu.interval_ms,
+                 missing.empty() ? "" : fmt::format(" (without {})", fmt::join(missing, ", ")));
+  }
+
+  void take_gpu_passes() {
+    if (!gpu_) return;
+    for (const auto& pass : gpu_->take()) gpu_usage_->record(pass);
+  }
+
   // The drain timer runs only while a segment is attached: an agent with no clients does not wake up for them.
   void pace_draining() {
     EventLoop::set_periodic_running(metering_timer_.get(), metering_->live_segments() > 0);
@@ -419,6 +462,7 @@ class Daemon {
     next.agent.state_dir = config_.agent.state_dir;
     next.metering = config_.metering;
     next.probes = config_.probes;
+    next.gpu = config_.gpu;
     config_ = std::move(next);
     if (timers_changed) TALLY_TRY(arm_timers());
     if (!options_.log_level_override) {
@@ -469,6 +513,9 @@ class Daemon {
   std::unique_ptr<collectors::KernelSource> kernel_;
   std::unique_ptr<KernelUsageRecorder> kernel_usage_;
   EventSource kernel_events_;
+  std::unique_ptr<collectors::gpu::GpuSource> gpu_;
+  std::unique_ptr<GpuUsageRecorder> gpu_usage_;
+  EventSource gpu_io_;
   std::unique_ptr<ClientUsage> client_usage_;
   std::unique_ptr<shm::MeteringSource> metering_;
   EventSource metering_io_, metering_timer_;

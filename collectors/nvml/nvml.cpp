@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <array>
-#include <charconv>
 #include <cstring>
 
 namespace tally::collectors {
@@ -19,10 +18,11 @@ Result<std::unique_ptr<NvmlLibrary>> NvmlLibrary::open(const std::string& librar
   }
   std::unique_ptr<NvmlLibrary> nvml(new NvmlLibrary(handle, library));
   std::vector<std::string> missing_required;
-#define TALLY_NVML_RESOLVE(name, required)                                       \
-  nvml->api_.name = reinterpret_cast<decltype(&::name)>(dlsym(handle, #name));   \
-  if (nvml->api_.name == nullptr) {                                              \
-    (required ? missing_required : nvml->missing_optional_).emplace_back(#name); \
+#define TALLY_NVML_RESOLVE(name, use)                                          \
+  nvml->api_.name = reinterpret_cast<decltype(&::name)>(dlsym(handle, #name)); \
+  if (nvml->api_.name == nullptr) {                                            \
+    if ((use) == kNvmlRequired) missing_required.emplace_back(#name);          \
+    else nvml->missing_optional_.emplace_back(#name, (use));                   \
   }
   TALLY_NVML_FUNCTIONS(TALLY_NVML_RESOLVE)
 #undef TALLY_NVML_RESOLVE
@@ -53,32 +53,17 @@ NvmlLibrary::~NvmlLibrary() {
   dlclose(handle_);
 }
 
-bool NvmlLibrary::has(std::string_view symbol) const {
-  return std::find(missing_optional_.begin(), missing_optional_.end(), symbol) == missing_optional_.end();
+std::vector<std::string> NvmlLibrary::missing_optional(NvmlUse user) const {
+  std::vector<std::string> names;
+  for (const auto& [name, use] : missing_optional_) {
+    if ((use & user) != 0) names.push_back(name);
+  }
+  return names;
 }
 
 std::string NvmlLibrary::error_string(nvmlReturn_t result) const {
   const char* text = api_.nvmlErrorString != nullptr ? api_.nvmlErrorString(result) : nullptr;
   return text != nullptr ? std::string(text) : fmt::format("NVML error {}", static_cast<int>(result));
-}
-
-std::size_t nvml_process_info_entry_size(std::string_view driver_version) {
-  // "535.54.03" -> {535, 54, 3}
-  std::array<unsigned, 3> parts{};
-  std::size_t part = 0;
-  const char* cursor = driver_version.data();
-  const char* end = cursor + driver_version.size();
-  while (part < parts.size() && cursor < end) {
-    const auto [next, ec] = std::from_chars(cursor, end, parts[part]);
-    if (ec != std::errc()) return sizeof(nvmlProcessInfo_t);
-    ++part;
-    cursor = next < end && *next == '.' ? next + 1 : end;
-  }
-  if (part < 2) return sizeof(nvmlProcessInfo_t);
-  const std::array<unsigned, 3> first{535, 43, 2};
-  const std::array<unsigned, 3> last{535, 86, 5};
-  if (parts >= first && parts <= last) return sizeof(nvmlProcessInfo_v3_535_t);
-  return sizeof(nvmlProcessInfo_t);
 }
 
 }  // namespace tally::collectors

@@ -18,31 +18,42 @@
 
 namespace tally::collectors {
 
-// X(name, required)
-#define TALLY_NVML_FUNCTIONS(X)                 \
-  X(nvmlInit_v2, true)                          \
-  X(nvmlShutdown, true)                         \
-  X(nvmlErrorString, true)                      \
-  X(nvmlDeviceGetCount_v2, true)                \
-  X(nvmlDeviceGetHandleByIndex_v2, true)        \
-  X(nvmlDeviceGetPciInfo_v3, true)              \
-  X(nvmlSystemGetDriverVersion, false)          \
-  X(nvmlDeviceGetUUID, false)                   \
-  X(nvmlDeviceGetName, false)                   \
-  X(nvmlDeviceGetMemoryInfo, false)             \
-  X(nvmlDeviceGetMigMode, false)                \
-  X(nvmlDeviceGetMaxMigDeviceCount, false)      \
-  X(nvmlDeviceGetMigDeviceHandleByIndex, false) \
-  X(nvmlDeviceGetGpuInstanceId, false)          \
-  X(nvmlDeviceGetComputeInstanceId, false)      \
-  X(nvmlDeviceGetNvLinkState, false)            \
-  X(nvmlDeviceGetNvLinkRemotePciInfo_v2, false) \
-  X(nvmlDeviceGetNvLinkRemoteDeviceType, false) \
-  X(nvmlDeviceGetP2PStatus, false)              \
-  X(nvmlDeviceGetComputeRunningProcesses_v3, false)
+// Who uses an optional symbol: a missing one is reported only to the feature that needed it (a pre-R550 driver
+// lacks nvmlDeviceGetRunningProcessDetailList, which topology never asks for).
+enum NvmlUse : unsigned { kNvmlRequired = 0, kNvmlTopology = 1, kNvmlAccounting = 2, kNvmlBoth = 3 };
+
+// X(name, use)
+#define TALLY_NVML_FUNCTIONS(X)                                       \
+  X(nvmlInit_v2, kNvmlRequired)                                       \
+  X(nvmlShutdown, kNvmlRequired)                                      \
+  X(nvmlErrorString, kNvmlRequired)                                   \
+  X(nvmlDeviceGetCount_v2, kNvmlRequired)                             \
+  X(nvmlDeviceGetHandleByIndex_v2, kNvmlRequired)                     \
+  X(nvmlDeviceGetPciInfo_v3, kNvmlRequired)                           \
+  X(nvmlSystemGetDriverVersion, kNvmlBoth)                            \
+  X(nvmlDeviceGetUUID, kNvmlBoth)                                     \
+  X(nvmlDeviceGetName, kNvmlBoth)                                     \
+  X(nvmlDeviceGetMemoryInfo, kNvmlBoth)                               \
+  X(nvmlDeviceGetMigMode, kNvmlBoth)                                  \
+  X(nvmlDeviceGetMaxMigDeviceCount, kNvmlBoth)                        \
+  X(nvmlDeviceGetMigDeviceHandleByIndex, kNvmlBoth)                   \
+  X(nvmlDeviceGetGpuInstanceId, kNvmlBoth)                            \
+  X(nvmlDeviceGetComputeInstanceId, kNvmlBoth)                        \
+  X(nvmlDeviceGetNvLinkState, kNvmlTopology)                          \
+  X(nvmlDeviceGetNvLinkRemotePciInfo_v2, kNvmlTopology)               \
+  X(nvmlDeviceGetNvLinkRemoteDeviceType, kNvmlTopology)               \
+  X(nvmlDeviceGetP2PStatus, kNvmlTopology)                            \
+  X(nvmlDeviceGetComputeRunningProcesses_v3, kNvmlAccounting)         \
+  X(nvmlDeviceGetGraphicsRunningProcesses_v3, kNvmlAccounting)        \
+  X(nvmlDeviceGetMPSComputeRunningProcesses_v3, kNvmlAccounting)      \
+  X(nvmlDeviceGetRunningProcessDetailList, kNvmlAccounting)           \
+  X(nvmlDeviceGetProcessUtilization, kNvmlAccounting)                 \
+  X(nvmlDeviceGetUtilizationRates, kNvmlAccounting)                   \
+  X(nvmlDeviceGetTotalEnergyConsumption, kNvmlAccounting)             \
+  X(nvmlDeviceGetPowerUsage, kNvmlAccounting)
 
 struct NvmlFunctions {
-#define TALLY_NVML_MEMBER(name, required) decltype(&::name) name = nullptr;
+#define TALLY_NVML_MEMBER(name, use) decltype(&::name) name = nullptr;
   TALLY_NVML_FUNCTIONS(TALLY_NVML_MEMBER)
 #undef TALLY_NVML_MEMBER
 };
@@ -58,8 +69,8 @@ class NvmlLibrary {
 
   const NvmlFunctions& api() const { return api_; }
   const std::string& path() const { return path_; }
-  const std::vector<std::string>& missing_optional() const { return missing_optional_; }
-  bool has(std::string_view symbol) const;
+  // The optional symbols `user` (kNvmlTopology or kNvmlAccounting) would call that this library lacks.
+  std::vector<std::string> missing_optional(NvmlUse user) const;
   // nvmlErrorString() of `result`, e.g. "GPU is lost".
   std::string error_string(nvmlReturn_t result) const;
   // nvmlSystemGetDriverVersion(), e.g. "535.104.05"; empty when unavailable.
@@ -70,12 +81,8 @@ class NvmlLibrary {
   void* handle_;
   std::string path_;
   NvmlFunctions api_;
-  std::vector<std::string> missing_optional_;
+  std::vector<std::pair<std::string, NvmlUse>> missing_optional_;
   std::string driver_version_;
 };
-
-// Size in bytes of one entry written by nvmlDeviceGetComputeRunningProcesses_v3 for a driver version string:
-// 32 for 535.43.02 through 535.86.05 (which wrote nvmlProcessInfo_v3_535_t), 24 otherwise.
-std::size_t nvml_process_info_entry_size(std::string_view driver_version);
 
 }  // namespace tally::collectors

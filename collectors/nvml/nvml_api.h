@@ -74,7 +74,7 @@ typedef struct nvmlMemory_st {
 } nvmlMemory_t;
 
 /* nvmlDeviceGetComputeRunningProcesses_v3 entries (GPU accounting). Drivers 535.43.02 to 535.86.05 wrote a
- * 32-byte entry (an extra usedGpuCcProtectedMemory) through the same symbol: see nvml_process_info_entry_size(). */
+ * 32-byte entry (an extra usedGpuCcProtectedMemory) through the same symbol: GpuSampler::read_v3 detects which. */
 typedef struct nvmlProcessInfo_st {
   unsigned int pid;
   unsigned long long usedGpuMemory;
@@ -89,6 +89,48 @@ typedef struct nvmlProcessInfo_v3_535_st {
   unsigned int computeInstanceId;
   unsigned long long usedGpuCcProtectedMemory;
 } nvmlProcessInfo_v3_535_t;
+
+/* nvmlDeviceGetRunningProcessDetailList (R550+): one versioned call for compute, graphics or MPS processes, so the
+ * entry size is never in doubt. */
+typedef struct nvmlProcessDetail_v1_st {
+  unsigned int pid;
+  unsigned long long usedGpuMemory;
+  unsigned int gpuInstanceId;
+  unsigned int computeInstanceId;
+  unsigned long long usedGpuCcProtectedMemory;
+} nvmlProcessDetail_v1_t;
+
+#define NVML_PROCESS_MODE_COMPUTE 0
+#define NVML_PROCESS_MODE_GRAPHICS 1
+#define NVML_PROCESS_MODE_MPS 2
+
+typedef struct nvmlProcessDetailList_v1_st {
+  unsigned int version; /* nvmlProcessDetailList_v1 */
+  unsigned int mode;    /* NVML_PROCESS_MODE_* */
+  unsigned int numProcArrayEntries;
+  nvmlProcessDetail_v1_t* procArray;
+} nvmlProcessDetailList_v1_t;
+typedef nvmlProcessDetailList_v1_t nvmlProcessDetailList_t;
+/* NVML_STRUCT_VERSION(ProcessDetailList, 1): sizeof(nvmlProcessDetailList_v1_t) | 1 << 24, checked below. */
+#define nvmlProcessDetailList_v1 0x1000018U
+
+/* nvmlDeviceGetProcessUtilization: one sample per process and driver sample period, newer than lastSeenTimeStamp.
+ * timeStamp is CPU time (CLOCK_REALTIME) in microseconds; the utilizations are percentages of that period. */
+typedef struct nvmlProcessUtilizationSample_st {
+  unsigned int pid;
+  unsigned long long timeStamp;
+  unsigned int smUtil;
+  unsigned int memUtil;
+  unsigned int encUtil;
+  unsigned int decUtil;
+} nvmlProcessUtilizationSample_t;
+
+/* nvmlDeviceGetUtilizationRates: percent of the past sample period (1/6 s to 1 s, by product). */
+typedef struct nvmlUtilization_st {
+  unsigned int gpu;
+  unsigned int memory;
+} nvmlUtilization_t;
+
 
 typedef enum nvmlGpuP2PCapsIndex_enum {
   NVML_P2P_CAPS_INDEX_READ = 0,
@@ -140,6 +182,16 @@ nvmlReturn_t nvmlDeviceGetP2PStatus(nvmlDevice_t device1, nvmlDevice_t device2, 
                                     nvmlGpuP2PStatus_t* p2pStatus);
 nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int* infoCount,
                                                      nvmlProcessInfo_t* infos);
+nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t device, unsigned int* infoCount,
+                                                      nvmlProcessInfo_t* infos);
+nvmlReturn_t nvmlDeviceGetMPSComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int* infoCount,
+                                                        nvmlProcessInfo_t* infos);
+nvmlReturn_t nvmlDeviceGetRunningProcessDetailList(nvmlDevice_t device, nvmlProcessDetailList_t* plist);
+nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device, nvmlProcessUtilizationSample_t* utilization,
+                                             unsigned int* processSamplesCount, unsigned long long lastSeenTimeStamp);
+nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_t* utilization);
+nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned long long* energy);
+nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int* power);
 
 #ifdef __cplusplus
 }  /* extern "C" */
@@ -150,6 +202,11 @@ static_assert(sizeof(nvmlPciInfo_t) == 68, "nvmlPciInfo_t: 16 + 5*4 + 32 bytes")
 static_assert(sizeof(nvmlMemory_t) == 24, "nvmlMemory_t: three unsigned long long");
 static_assert(sizeof(nvmlProcessInfo_t) == 24, "nvmlProcessInfo_t (v2/v3) is 24 bytes");
 static_assert(sizeof(nvmlProcessInfo_v3_535_t) == 32, "535.43.02-535.86.05 wrote 32-byte process entries");
+static_assert(sizeof(nvmlProcessDetail_v1_t) == 32, "nvmlProcessDetail_v1_t is 32 bytes");
+static_assert(nvmlProcessDetailList_v1 == (sizeof(nvmlProcessDetailList_v1_t) | (1U << 24)),
+              "nvmlProcessDetailList_v1 is NVML_STRUCT_VERSION(ProcessDetailList, 1)");
+static_assert(sizeof(nvmlProcessUtilizationSample_t) == 32, "nvmlProcessUtilizationSample_t: pid, pad, u64, 4 x u32");
+static_assert(sizeof(nvmlUtilization_t) == 8, "nvmlUtilization_t: two unsigned int");
 static_assert(sizeof(nvmlEnableState_t) == 4 && sizeof(nvmlIntNvLinkDeviceType_t) == 4, "enums are int-sized");
 #endif
 

@@ -28,9 +28,9 @@ class NvmlJoin {
 
   void run() {
     topology_.nvml_driver_version = nvml_.driver_version();
-    if (!nvml_.missing_optional().empty()) {
+    if (const auto missing = nvml_.missing_optional(kNvmlTopology); !missing.empty()) {
       add_warning(topology_, fmt::format("NVML library {} lacks {}: those details are not reported", nvml_.path(),
-                                         fmt::join(nvml_.missing_optional(), ", ")));
+                                         fmt::join(missing, ", ")));
     }
     unsigned count = 0;
     if (const nvmlReturn_t status = api_.nvmlDeviceGetCount_v2(&count); status != NVML_SUCCESS) {

@@ -197,5 +197,19 @@ TEST(ConfigTopology, RejectsUnknownKeysAndWrongTypes) {
   EXPECT_NE(parse_error("[topology]\nnvml_library = 1\n").find("expected a string"), std::string::npos);
 }
 
+// [gpu] (issue 11): GPU accounting's sampling and idle detection.
+TEST(ConfigGpu, ReadsEveryKeyAndRejectsWhatIsOutOfRange) {
+  auto config = parse_config("[gpu]\nenabled = false\ninterval_ms = 250\nidle_threshold_percent = 5\n"
+                             "idle_window_s = 600\nidle_min_samples = 3\n",
+                             "test.toml");
+  ASSERT_TRUE(config) << config.error().message;
+  EXPECT_EQ(config->gpu, (GpuSection{false, 250, 5, 600, 3}));
+  EXPECT_NE(parse_error("[gpu]\ninterval_ms = 5\n").find("gpu.interval_ms"), std::string::npos);
+  EXPECT_NE(parse_error("[gpu]\nidle_threshold_percent = 101\n").find("gpu.idle_threshold_percent"),
+            std::string::npos);
+  EXPECT_NE(parse_error("[gpu]\nidle_window_s = 0\n").find("gpu.idle_window_s"), std::string::npos);
+  EXPECT_NE(parse_error("[gpu]\nsample_ms = 1\n").find("gpu.sample_ms"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace tally::agent

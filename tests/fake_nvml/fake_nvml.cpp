@@ -1,34 +1,87 @@
 // Fake NVML for tests: implements the NVML calls tally uses, with the official prototypes from
-// collectors/nvml_api.h, answering from a JSON scenario (TALLY_FAKE_NVML_SCENARIO). See README.md for the format.
-// State is process-global, as in the real library: nvmlInit_v2 loads the scenario, nvmlShutdown drops it.
+// collectors/nvml/nvml_api.h, answering from a JSON scenario (TALLY_FAKE_NVML_SCENARIO). See README.md for the
+// format. State is process-global and reference-counted, as in the real library: the first nvmlInit_v2 loads the
+// scenario, the last nvmlShutdown drops it; calls may come from several threads (topology and GPU accounting).
+// The scenario moves in steps: the number in the file TALLY_FAKE_NVML_STEP, read again at each
+// nvmlDeviceGetCount_v2 (the start of a pass), selects how many of each GPU's "steps" patches are in force.
+
+#include <sys/time.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "collectors/nvml/nvml_api.h"
 
 struct nvmlDevice_st {
-  nlohmann::json config;            // the GPU, or the MIG instance
-  nvmlDevice_st* parent = nullptr;  // set for MIG devices
+  std::size_t gpu = 0;  // index into the scenario's "gpus"
+  int mig = -1;         // index into that GPU's "mig_instances"; -1 for the GPU itself
 };
 
 namespace {
 
+struct Gpu {
+  nlohmann::json base;       // as in the scenario, without "steps"
+  nlohmann::json steps;      // merge patches, applied in order up to the current step
+  nlohmann::json effective;  // base with the patches in force
+  nvmlDevice_st handle;
+  std::deque<nvmlDevice_st> migs;  // deque: stable addresses for handles
+};
+
 struct State {
-  bool initialised = false;
+  std::recursive_mutex mutex;
+  unsigned references = 0;  // nvmlInit_v2 calls not yet shut down
   nlohmann::json scenario;
-  std::deque<nvmlDevice_st> gpus;  // deque: stable addresses for handles
-  std::deque<nvmlDevice_st> migs;
+  std::deque<Gpu> gpus;
+  std::string step_path;
+  long step = -1;
+  unsigned long long samples_origin_us = 0;  // when "samples" were first asked for: their t_us count from here
 };
 
 State& state() {
   static State instance;
   return instance;
+}
+
+unsigned long long now_us() {
+  timeval tv{};
+  ::gettimeofday(&tv, nullptr);
+  return static_cast<unsigned long long>(tv.tv_sec) * 1'000'000ull + static_cast<unsigned long long>(tv.tv_usec);
+}
+
+void apply_step(long step) {
+  State& s = state();
+  if (step == s.step) return;
+  s.step = step;
+  for (Gpu& gpu : s.gpus) {
+    gpu.effective = gpu.base;
+    for (long i = 0; i <= step && i < static_cast<long>(gpu.steps.size()); ++i) gpu.effective.merge_patch(gpu.steps[i]);
+  }
+}
+
+void read_step_file() {
+  State& s = state();
+  if (s.step_path.empty()) return;
+  std::ifstream in(s.step_path);
+  long step = 0;
+  if (in >> step) apply_step(step);
+}
+
+const nlohmann::json& gpu_config(nvmlDevice_t device) { return state().gpus[device->gpu].effective; }
+
+// The GPU's own configuration, or its MIG instance's.
+const nlohmann::json& config(nvmlDevice_t device) {
+  static const nlohmann::json kEmpty = nlohmann::json::object();
+  const nlohmann::json& gpu = gpu_config(device);
+  if (device->mig < 0) return gpu;
+  const auto it = gpu.find("mig_instances");
+  if (it == gpu.end() || static_cast<std::size_t>(device->mig) >= it->size()) return kEmpty;
+  return (*it)[static_cast<std::size_t>(device->mig)];
 }
 
 nvmlReturn_t parse_return(const std::string& name) {
@@ -50,11 +103,17 @@ nvmlReturn_t parse_return(const std::string& name) {
   return NVML_ERROR_UNKNOWN;
 }
 
-// An error injected for `call` on this device (or, for MIG devices, on their parent GPU).
+// An error injected for `call` on this device (or, for MIG devices, on their parent GPU); every call on a GPU the
+// current step marks "lost" answers GPU_IS_LOST, as a GPU that fell off the bus does.
 bool injected(nvmlDevice_t device, const char* call, nvmlReturn_t& result) {
-  const nlohmann::json& config = device->parent != nullptr ? device->parent->config : device->config;
-  if (!config.contains("errors") || !config["errors"].contains(call)) return false;
-  result = parse_return(config["errors"][call].get<std::string>());
+  const nlohmann::json& gpu = gpu_config(device);
+  if (gpu.value("lost", false)) {
+    result = NVML_ERROR_GPU_IS_LOST;
+    return true;
+  }
+  const auto errors = gpu.find("errors");
+  if (errors == gpu.end() || !errors->contains(call)) return false;
+  result = parse_return((*errors)[call].get<std::string>());
   return true;
 }
 
@@ -78,22 +137,79 @@ void fill_pci(const std::string& bus_id, unsigned device_id, nvmlPciInfo_t* pci)
 }
 
 const nlohmann::json* nvlink(nvmlDevice_t device, unsigned link) {
-  if (device == nullptr || !device->config.contains("nvlinks")) return nullptr;
-  const auto& links = device->config["nvlinks"];
-  return link < links.size() ? &links[link] : nullptr;
+  const nlohmann::json& gpu = config(device);
+  const auto links = gpu.find("nvlinks");
+  if (links == gpu.end()) return nullptr;
+  return link < links->size() ? &(*links)[link] : nullptr;
 }
 
+// The processes of one list ("processes", "graphics_processes", "mps_processes") on a GPU; on a MIG device, its
+// entry of the GPU's "mig_processes" (or the instance's own "processes").
+nlohmann::json processes(nvmlDevice_t device, const char* list) {
+  const nlohmann::json& gpu = gpu_config(device);
+  if (device->mig >= 0) {
+    if (std::strcmp(list, "processes") != 0) return nlohmann::json::array();
+    const auto per_slice = gpu.find("mig_processes");
+    if (per_slice != gpu.end() && static_cast<std::size_t>(device->mig) < per_slice->size()) {
+      return (*per_slice)[static_cast<std::size_t>(device->mig)];
+    }
+    return config(device).value("processes", nlohmann::json::array());
+  }
+  return gpu.value(list, nlohmann::json::array());
+}
+
+// Drivers 535.43.02 to 535.86.05 wrote 32-byte entries (nvmlProcessInfo_v3_535_t) through the _v3 calls.
+std::size_t process_entry_size() {
+  unsigned major = 0, minor = 0, patch = 0;
+  const std::string version = state().scenario.value("driver_version", "550.54.15");
+  if (std::sscanf(version.c_str(), "%u.%u.%u", &major, &minor, &patch) != 3 || major != 535) {
+    return sizeof(nvmlProcessInfo_t);
+  }
+  const unsigned at = minor * 1000 + patch;
+  return at >= 43'002 && at <= 86'005 ? sizeof(nvmlProcessInfo_v3_535_t) : sizeof(nvmlProcessInfo_t);
+}
+
+nvmlReturn_t running_processes(nvmlDevice_t device, const char* list, unsigned* count, nvmlProcessInfo_t* infos) {
+  if (count == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  const nlohmann::json found = processes(device, list);
+  if (*count < found.size() || infos == nullptr) {
+    *count = static_cast<unsigned>(found.size());
+    return found.empty() ? NVML_SUCCESS : NVML_ERROR_INSUFFICIENT_SIZE;
+  }
+  const std::size_t stride = process_entry_size();
+  auto* bytes = reinterpret_cast<unsigned char*>(infos);
+  for (std::size_t i = 0; i < found.size(); ++i) {
+    nvmlProcessInfo_v3_535_t entry{};
+    entry.pid = found[i].value("pid", 0u);
+    entry.usedGpuMemory = found[i].value("used_gpu_memory", 0ull);
+    entry.gpuInstanceId = found[i].value("gpu_instance_id", 0xffffffffu);
+    entry.computeInstanceId = found[i].value("compute_instance_id", 0xffffffffu);
+    std::memcpy(bytes + i * stride, &entry, stride);
+  }
+  *count = static_cast<unsigned>(found.size());
+  return NVML_SUCCESS;
+}
+
+#define FAKE_NVML_ENTER()                                  \
+  std::lock_guard<std::recursive_mutex> lock(state().mutex); \
+  if (state().references == 0) return NVML_ERROR_UNINITIALIZED;
+
 #define FAKE_NVML_CHECK_DEVICE(device, call)                   \
-  if (!state().initialised) return NVML_ERROR_UNINITIALIZED;   \
+  FAKE_NVML_ENTER();                                           \
   if ((device) == nullptr) return NVML_ERROR_INVALID_ARGUMENT; \
   if (nvmlReturn_t injected_result; injected(device, call, injected_result)) return injected_result;
 
+#define FAKE_NVML_EXPORT extern "C" __attribute__((visibility("default")))
+
 }  // namespace
 
-extern "C" {
-
-__attribute__((visibility("default"))) nvmlReturn_t nvmlInit_v2(void) {
+FAKE_NVML_EXPORT nvmlReturn_t nvmlInit_v2(void) {
   State& s = state();
+  std::lock_guard<std::recursive_mutex> lock(s.mutex);
+  if (s.references > 0) {  // as the real library: counted, the state stays
+    ++s.references;
+    return NVML_SUCCESS;
+  }
   const char* path = std::getenv("TALLY_FAKE_NVML_SCENARIO");
   nlohmann::json scenario = nlohmann::json::object();
   if (path != nullptr) {
@@ -109,22 +225,32 @@ __attribute__((visibility("default"))) nvmlReturn_t nvmlInit_v2(void) {
   }
   s.scenario = std::move(scenario);
   s.gpus.clear();
-  s.migs.clear();
-  for (const auto& gpu : s.scenario.value("gpus", nlohmann::json::array())) s.gpus.push_back({gpu, nullptr});
-  for (auto& gpu : s.gpus) {
-    for (const auto& mig : gpu.config.value("mig_instances", nlohmann::json::array())) s.migs.push_back({mig, &gpu});
+  for (const auto& config : s.scenario.value("gpus", nlohmann::json::array())) {
+    Gpu& gpu = s.gpus.emplace_back();
+    gpu.base = config;
+    gpu.base.erase("steps");
+    gpu.steps = config.value("steps", nlohmann::json::array());
+    gpu.handle = {s.gpus.size() - 1, -1};
+    const std::size_t slices = config.value("mig_instances", nlohmann::json::array()).size();
+    for (std::size_t m = 0; m < slices; ++m) gpu.migs.push_back({s.gpus.size() - 1, static_cast<int>(m)});
   }
-  s.initialised = true;
+  const char* step_path = std::getenv("TALLY_FAKE_NVML_STEP");
+  s.step_path = step_path != nullptr ? step_path : "";
+  s.step = -1;
+  s.samples_origin_us = 0;
+  apply_step(0);
+  read_step_file();
+  s.references = 1;
   return NVML_SUCCESS;
 }
 
-__attribute__((visibility("default"))) nvmlReturn_t nvmlShutdown(void) {
-  if (!state().initialised) return NVML_ERROR_UNINITIALIZED;
-  state().initialised = false;
+FAKE_NVML_EXPORT nvmlReturn_t nvmlShutdown(void) {
+  FAKE_NVML_ENTER();
+  --state().references;
   return NVML_SUCCESS;
 }
 
-__attribute__((visibility("default"))) const char* nvmlErrorString(nvmlReturn_t result) {
+FAKE_NVML_EXPORT const char* nvmlErrorString(nvmlReturn_t result) {
   switch (result) {
     case NVML_SUCCESS:
       return "Success";
@@ -151,109 +277,99 @@ __attribute__((visibility("default"))) const char* nvmlErrorString(nvmlReturn_t 
   }
 }
 
-__attribute__((visibility("default"))) nvmlReturn_t nvmlSystemGetDriverVersion(char* version, unsigned int length) {
-  if (!state().initialised) return NVML_ERROR_UNINITIALIZED;
+FAKE_NVML_EXPORT nvmlReturn_t nvmlSystemGetDriverVersion(char* version, unsigned int length) {
+  FAKE_NVML_ENTER();
   return copy_string(state().scenario.value("driver_version", "550.54.15"), version, length);
 }
 
-__attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int* deviceCount) {
-  if (!state().initialised) return NVML_ERROR_UNINITIALIZED;
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int* deviceCount) {
+  FAKE_NVML_ENTER();
   if (deviceCount == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  read_step_file();
   *deviceCount = static_cast<unsigned>(state().gpus.size());
   return NVML_SUCCESS;
 }
 
-__attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index,
-                                                                                  nvmlDevice_t* device) {
-  if (!state().initialised) return NVML_ERROR_UNINITIALIZED;
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t* device) {
+  FAKE_NVML_ENTER();
   if (device == nullptr || index >= state().gpus.size()) return NVML_ERROR_INVALID_ARGUMENT;
-  *device = &state().gpus[index];
+  *device = &state().gpus[index].handle;
   return NVML_SUCCESS;
 }
 
-__attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t* pci) {
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t* pci) {
   FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetPciInfo_v3");
   if (pci == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
-  const nvmlDevice_st* gpu = device->parent != nullptr ? device->parent : device;
-  fill_pci(gpu->config.value("bus_id", ""), gpu->config.value("pci_device_id", 0u), pci);
+  const nlohmann::json& gpu = gpu_config(device);
+  fill_pci(gpu.value("bus_id", ""), gpu.value("pci_device_id", 0u), pci);
   return NVML_SUCCESS;
 }
 
-__attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char* uuid,
-                                                                      unsigned int length) {
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char* uuid, unsigned int length) {
   FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetUUID");
-  return copy_string(device->config.value("uuid", ""), uuid, length);
+  return copy_string(config(device).value("uuid", ""), uuid, length);
 }
 
-__attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char* name,
-                                                                      unsigned int length) {
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char* name, unsigned int length) {
   FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetName");
-  return copy_string(device->config.value("name", "NVIDIA Fake GPU"), name, length);
+  return copy_string(config(device).value("name", "NVIDIA Fake GPU"), name, length);
 }
 
-__attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t* memory) {
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t* memory) {
   FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetMemoryInfo");
   if (memory == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
-  memory->total = device->config.value("memory_total", 0ull);
-  memory->used = device->config.value("memory_used", 0ull);
+  memory->total = config(device).value("memory_total", 0ull);
+  memory->used = config(device).value("memory_used", 0ull);
   memory->free = memory->total - memory->used;
   return NVML_SUCCESS;
 }
 
 #ifndef FAKE_NVML_MISSING_SYMBOLS
-__attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t device, unsigned int* currentMode,
-                                                                         unsigned int* pendingMode) {
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t device, unsigned int* currentMode,
+                                                   unsigned int* pendingMode) {
   FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetMigMode");
   if (currentMode == nullptr || pendingMode == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
-  if (!device->config.contains("mig_mode")) return NVML_ERROR_NOT_SUPPORTED;  // pre-Ampere GPU
-  *currentMode = device->config["mig_mode"].get<unsigned>();
+  if (device->mig >= 0 || !config(device).contains("mig_mode")) return NVML_ERROR_NOT_SUPPORTED;  // pre-Ampere
+  *currentMode = config(device)["mig_mode"].get<unsigned>();
   *pendingMode = *currentMode;
   return NVML_SUCCESS;
 }
 #endif
 
-__attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t device,
-                                                                                   unsigned int* count) {
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t device, unsigned int* count) {
   FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetMaxMigDeviceCount");
   if (count == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
-  if (!device->config.contains("mig_mode")) return NVML_ERROR_NOT_SUPPORTED;
+  if (device->mig >= 0 || !config(device).contains("mig_mode")) return NVML_ERROR_NOT_SUPPORTED;
   *count = 7;  // A100/H100: up to 7 instances
   return NVML_SUCCESS;
 }
 
-__attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device,
-                                                                                        unsigned int index,
-                                                                                        nvmlDevice_t* migDevice) {
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device, unsigned int index,
+                                                                  nvmlDevice_t* migDevice) {
   FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetMigDeviceHandleByIndex");
-  if (migDevice == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
-  unsigned seen = 0;
-  for (auto& mig : state().migs) {
-    if (mig.parent != device) continue;
-    if (seen++ == index) {
-      *migDevice = &mig;
-      return NVML_SUCCESS;
-    }
-  }
-  return NVML_ERROR_NOT_FOUND;
+  if (migDevice == nullptr || device->mig >= 0) return NVML_ERROR_INVALID_ARGUMENT;
+  auto& migs = state().gpus[device->gpu].migs;
+  if (index >= migs.size()) return NVML_ERROR_NOT_FOUND;
+  *migDevice = &migs[index];
+  return NVML_SUCCESS;
 }
 
-__attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t device, unsigned int* id) {
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t device, unsigned int* id) {
   FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetGpuInstanceId");
-  if (id == nullptr || device->parent == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
-  *id = device->config.value("gpu_instance_id", 0u);
+  if (id == nullptr || device->mig < 0) return NVML_ERROR_INVALID_ARGUMENT;
+  *id = config(device).value("gpu_instance_id", 0u);
   return NVML_SUCCESS;
 }
 
-__attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t device,
-                                                                                   unsigned int* id) {
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t device, unsigned int* id) {
   FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetComputeInstanceId");
-  if (id == nullptr || device->parent == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
-  *id = device->config.value("compute_instance_id", 0u);
+  if (id == nullptr || device->mig < 0) return NVML_ERROR_INVALID_ARGUMENT;
+  *id = config(device).value("compute_instance_id", 0u);
   return NVML_SUCCESS;
 }
 
-__attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetNvLinkState(nvmlDevice_t device, unsigned int link,
-                                                                             nvmlEnableState_t* isActive) {
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetNvLinkState(nvmlDevice_t device, unsigned int link,
+                                                       nvmlEnableState_t* isActive) {
   FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetNvLinkState");
   if (isActive == nullptr || link >= NVML_NVLINK_MAX_LINKS) return NVML_ERROR_INVALID_ARGUMENT;
   const nlohmann::json* entry = nvlink(device, link);
@@ -263,9 +379,8 @@ __attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetNvLinkState(nvm
 }
 
 #ifndef FAKE_NVML_MISSING_SYMBOLS
-__attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetNvLinkRemotePciInfo_v2(nvmlDevice_t device,
-                                                                                        unsigned int link,
-                                                                                        nvmlPciInfo_t* pci) {
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetNvLinkRemotePciInfo_v2(nvmlDevice_t device, unsigned int link,
+                                                                  nvmlPciInfo_t* pci) {
   FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetNvLinkRemotePciInfo_v2");
   const nlohmann::json* entry = nvlink(device, link);
   if (entry == nullptr || pci == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
@@ -274,8 +389,8 @@ __attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetNvLinkRemotePci
 }
 #endif
 
-__attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetNvLinkRemoteDeviceType(
-    nvmlDevice_t device, unsigned int link, nvmlIntNvLinkDeviceType_t* pNvLinkDeviceType) {
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetNvLinkRemoteDeviceType(nvmlDevice_t device, unsigned int link,
+                                                                  nvmlIntNvLinkDeviceType_t* pNvLinkDeviceType) {
   FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetNvLinkRemoteDeviceType");
   const nlohmann::json* entry = nvlink(device, link);
   if (entry == nullptr || pNvLinkDeviceType == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
@@ -287,15 +402,14 @@ __attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetNvLinkRemoteDev
   return NVML_SUCCESS;
 }
 
-__attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetP2PStatus(nvmlDevice_t device1, nvmlDevice_t device2,
-                                                                           nvmlGpuP2PCapsIndex_t p2pIndex,
-                                                                           nvmlGpuP2PStatus_t* p2pStatus) {
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetP2PStatus(nvmlDevice_t device1, nvmlDevice_t device2,
+                                                     nvmlGpuP2PCapsIndex_t p2pIndex, nvmlGpuP2PStatus_t* p2pStatus) {
   FAKE_NVML_CHECK_DEVICE(device1, "nvmlDeviceGetP2PStatus");
   if (device2 == nullptr || p2pStatus == nullptr || p2pIndex > NVML_P2P_CAPS_INDEX_UNKNOWN) {
     return NVML_ERROR_INVALID_ARGUMENT;
   }
-  const auto peers = device1->config.value("p2p_peers", nlohmann::json::array());
-  const std::string other = device2->config.value("bus_id", "");
+  const auto peers = config(device1).value("p2p_peers", nlohmann::json::array());
+  const std::string other = config(device2).value("bus_id", "");
   *p2pStatus = NVML_P2P_STATUS_NOT_SUPPORTED;
   for (const auto& peer : peers) {
     if (peer.get<std::string>() == other) *p2pStatus = NVML_P2P_STATUS_OK;
@@ -303,24 +417,108 @@ __attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetP2PStatus(nvmlD
   return NVML_SUCCESS;
 }
 
-__attribute__((visibility("default"))) nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device,
-                                                                                            unsigned int* infoCount,
-                                                                                            nvmlProcessInfo_t* infos) {
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int* infoCount,
+                                                                      nvmlProcessInfo_t* infos) {
   FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetComputeRunningProcesses_v3");
-  if (infoCount == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
-  const auto processes = device->config.value("processes", nlohmann::json::array());
-  if (*infoCount < processes.size() || infos == nullptr) {
-    *infoCount = static_cast<unsigned>(processes.size());
-    return processes.empty() ? NVML_SUCCESS : NVML_ERROR_INSUFFICIENT_SIZE;
+  return running_processes(device, "processes", infoCount, infos);
+}
+
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t device, unsigned int* infoCount,
+                                                                       nvmlProcessInfo_t* infos) {
+  FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetGraphicsRunningProcesses_v3");
+  return running_processes(device, "graphics_processes", infoCount, infos);
+}
+
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetMPSComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int* infoCount,
+                                                                         nvmlProcessInfo_t* infos) {
+  FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetMPSComputeRunningProcesses_v3");
+  return running_processes(device, "mps_processes", infoCount, infos);
+}
+
+#ifndef FAKE_NVML_MISSING_SYMBOLS
+// R550+. A driver without it lacks the symbol; here the scenario's "detail_list": true turns it on, and without it
+// the call answers NOT_SUPPORTED, so the _v3 path is the one taken.
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetRunningProcessDetailList(nvmlDevice_t device,
+                                                                    nvmlProcessDetailList_t* plist) {
+  FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetRunningProcessDetailList");
+  if (!state().scenario.value("detail_list", false)) return NVML_ERROR_NOT_SUPPORTED;
+  if (plist == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  if (plist->version != nvmlProcessDetailList_v1) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+  static const char* const kLists[] = {"processes", "graphics_processes", "mps_processes"};
+  if (plist->mode > NVML_PROCESS_MODE_MPS) return NVML_ERROR_INVALID_ARGUMENT;
+  const nlohmann::json found = processes(device, kLists[plist->mode]);
+  if (plist->numProcArrayEntries < found.size() || plist->procArray == nullptr) {
+    plist->numProcArrayEntries = static_cast<unsigned>(found.size());
+    return found.empty() ? NVML_SUCCESS : NVML_ERROR_INSUFFICIENT_SIZE;
   }
-  for (std::size_t i = 0; i < processes.size(); ++i) {
-    infos[i].pid = processes[i].value("pid", 0u);
-    infos[i].usedGpuMemory = processes[i].value("used_gpu_memory", 0ull);
-    infos[i].gpuInstanceId = processes[i].value("gpu_instance_id", 0xffffffffu);
-    infos[i].computeInstanceId = processes[i].value("compute_instance_id", 0xffffffffu);
+  for (std::size_t i = 0; i < found.size(); ++i) {
+    nvmlProcessDetail_v1_t& entry = plist->procArray[i];
+    entry = {};
+    entry.pid = found[i].value("pid", 0u);
+    entry.usedGpuMemory = found[i].value("used_gpu_memory", 0ull);
+    entry.gpuInstanceId = found[i].value("gpu_instance_id", 0xffffffffu);
+    entry.computeInstanceId = found[i].value("compute_instance_id", 0xffffffffu);
   }
-  *infoCount = static_cast<unsigned>(processes.size());
+  plist->numProcArrayEntries = static_cast<unsigned>(found.size());
+  return NVML_SUCCESS;
+}
+#endif
+
+// "samples": [{"pid", "t_us", "sm", "mem"}], t_us counted from the first time samples were asked for (so a
+// scenario's timestamps are near the caller's clock); those newer than lastSeenTimeStamp are returned. Not on MIG.
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device,
+                                                              nvmlProcessUtilizationSample_t* utilization,
+                                                              unsigned int* processSamplesCount,
+                                                              unsigned long long lastSeenTimeStamp) {
+  FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetProcessUtilization");
+  if (processSamplesCount == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  const nlohmann::json& gpu = gpu_config(device);
+  if (device->mig >= 0 || gpu.value("mig_mode", 0u) == 1) return NVML_ERROR_NOT_SUPPORTED;
+  State& s = state();
+  if (s.samples_origin_us == 0) s.samples_origin_us = now_us();
+  std::vector<nvmlProcessUtilizationSample_t> found;
+  for (const auto& sample : gpu.value("samples", nlohmann::json::array())) {
+    nvmlProcessUtilizationSample_t out{};
+    out.pid = sample.value("pid", 0u);
+    out.timeStamp = s.samples_origin_us + sample.value("t_us", 0ull);
+    out.smUtil = sample.value("sm", 0u);
+    out.memUtil = sample.value("mem", 0u);
+    if (out.timeStamp > lastSeenTimeStamp) found.push_back(out);
+  }
+  if (found.empty()) return NVML_ERROR_NOT_FOUND;
+  if (utilization == nullptr || *processSamplesCount < found.size()) {
+    *processSamplesCount = static_cast<unsigned>(found.size());
+    return NVML_ERROR_INSUFFICIENT_SIZE;
+  }
+  std::memcpy(utilization, found.data(), found.size() * sizeof(found[0]));
+  *processSamplesCount = static_cast<unsigned>(found.size());
   return NVML_SUCCESS;
 }
 
-}  // extern "C"
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_t* utilization) {
+  FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetUtilizationRates");
+  if (utilization == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  const nlohmann::json& gpu = gpu_config(device);
+  if (device->mig >= 0 || gpu.value("mig_mode", 0u) == 1 || !gpu.contains("utilization_gpu")) {
+    return NVML_ERROR_NOT_SUPPORTED;
+  }
+  utilization->gpu = gpu["utilization_gpu"].get<unsigned>();
+  utilization->memory = gpu.value("utilization_memory", 0u);
+  return NVML_SUCCESS;
+}
+
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned long long* energy) {
+  FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetTotalEnergyConsumption");
+  if (energy == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  if (device->mig >= 0 || !gpu_config(device).contains("energy_mj")) return NVML_ERROR_NOT_SUPPORTED;
+  *energy = gpu_config(device)["energy_mj"].get<unsigned long long>();
+  return NVML_SUCCESS;
+}
+
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int* power) {
+  FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetPowerUsage");
+  if (power == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  if (device->mig >= 0 || !gpu_config(device).contains("power_mw")) return NVML_ERROR_NOT_SUPPORTED;
+  *power = gpu_config(device)["power_mw"].get<unsigned>();
+  return NVML_SUCCESS;
+}

@@ -73,24 +73,13 @@ TEST(NvmlLibrary, LoadsTheFakeThroughDlopen) {
   Scenario scenario(nlohmann::json{{"driver_version", "535.54.03"}, {"gpus", g4dn_gpus()}});
   auto nvml = NvmlLibrary::open(FAKE_NVML_PATH);
   ASSERT_TRUE(nvml) << nvml.error().message;
-  EXPECT_TRUE((*nvml)->missing_optional().empty());
+  EXPECT_TRUE((*nvml)->missing_optional(kNvmlTopology).empty());
+  EXPECT_TRUE((*nvml)->missing_optional(kNvmlAccounting).empty());
   EXPECT_EQ((*nvml)->driver_version(), "535.54.03");
   unsigned count = 0;
   ASSERT_EQ((*nvml)->api().nvmlDeviceGetCount_v2(&count), NVML_SUCCESS);
   EXPECT_EQ(count, 8u);
   EXPECT_EQ((*nvml)->error_string(NVML_ERROR_GPU_IS_LOST), "GPU is lost");
-}
-
-TEST(NvmlLibrary, ProcessEntrySizeFollowsTheDriverVersion) {
-  EXPECT_EQ(nvml_process_info_entry_size("535.43.02"), 32u);
-  EXPECT_EQ(nvml_process_info_entry_size("535.54.03"), 32u);
-  EXPECT_EQ(nvml_process_info_entry_size("535.86.05"), 32u);
-  EXPECT_EQ(nvml_process_info_entry_size("535.43.01"), 24u);
-  EXPECT_EQ(nvml_process_info_entry_size("535.104.05"), 24u);
-  EXPECT_EQ(nvml_process_info_entry_size("550.54.15"), 24u);
-  EXPECT_EQ(nvml_process_info_entry_size("470.82.01"), 24u);
-  EXPECT_EQ(nvml_process_info_entry_size(""), 24u);
-  EXPECT_EQ(nvml_process_info_entry_size("garbage"), 24u);
 }
 
 TEST(NvmlLibrary, MissingRequiredSymbolIsAnErrorNamingIt) {
@@ -233,6 +222,8 @@ TEST(TopologyNvml, LibraryMissingOptionalSymbolsWarnsOnceAndKeepsTheRest) {
   ASSERT_EQ(topology.warnings.size(), 1u) << warnings_of(topology);
   EXPECT_NE(topology.warnings[0].find("nvmlDeviceGetMigMode"), std::string::npos) << topology.warnings[0];
   EXPECT_NE(topology.warnings[0].find("nvmlDeviceGetNvLinkRemotePciInfo_v2"), std::string::npos);
+  EXPECT_EQ(topology.warnings[0].find("nvmlDeviceGetRunningProcessDetailList"), std::string::npos)
+      << "GPU accounting's symbol is not topology's concern";
   EXPECT_FALSE(topology.find("GPU0")->mig_enabled.has_value());
   EXPECT_EQ(topology.find("GPU0")->model, "Tesla T4");
 }

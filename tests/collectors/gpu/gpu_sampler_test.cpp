@@ -1,0 +1,168 @@
+// The sampler and the GPU source against the fake libnvidia-ml.so.1 (tests/fake_nvml), loaded through the production
+// dlopen path: which process-list layout a driver writes is detected, the versioned detail list is preferred where
+// the driver has it, a lost GPU keeps its name while the others go on, and a sample is taken once.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "collectors/gpu/gpu_sampler.hpp"
+#include "collectors/gpu/gpu_source.hpp"
+#include "tests/support/deadline.hpp"
+#include "tests/support/temp_dir.hpp"
+
+namespace tally::collectors::gpu {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Points the fake at a scenario (and its step file) for the life of the test.
+class Scenario {
+ public:
+  explicit Scenario(const nlohmann::json& scenario) {
+    setenv("TALLY_FAKE_NVML_SCENARIO", dir_.write("scenario.json", scenario.dump()).c_str(), 1);
+    setenv("TALLY_FAKE_NVML_STEP", (dir_.path() / "step").c_str(), 1);
+    step(0);
+  }
+  ~Scenario() {
+    unsetenv("TALLY_FAKE_NVML_SCENARIO");
+    unsetenv("TALLY_FAKE_NVML_STEP");
+  }
+  Scenario(const Scenario&) = delete;
+  Scenario& operator=(const Scenario&) = delete;
+  void step(int n) const { dir_.write("step", std::to_string(n)); }
+
+ private:
+  test::TempDir dir_;
+};
+
+nlohmann::json three_processes() {
+  return {{{"pid", 101}, {"used_gpu_memory", 1000}},
+          {{"pid", 102}, {"used_gpu_memory", 2000}},
+          {{"pid", 103}, {"used_gpu_memory", 3000}}};
+}
+
+std::unique_ptr<NvmlLibrary> open_fake(const char* path = FAKE_NVML_PATH) {
+  auto nvml = NvmlLibrary::open(path);
+  EXPECT_TRUE(nvml) << nvml.error().message;
+  return nvml ? std::move(*nvml) : nullptr;
+}
+
+std::vector<std::pair<pid_t, std::uint64_t>> listed(const GpuReading& gpu) {
+  std::vector<std::pair<pid_t, std::uint64_t>> out;
+  for (const auto& p : gpu.processes) out.emplace_back(p.pid, p.memory_bytes);
+  return out;
+}
+
+const std::vector<std::pair<pid_t, std::uint64_t>> kThree = {{101, 1000}, {102, 2000}, {103, 3000}};
+
+TEST(GpuSampler, ReadsThe32ByteEntriesOfTheR535DriversThatWroteThem) {
+  Scenario scenario(nlohmann::json{{"driver_version", "535.54.03"}, {"gpus", {{{"uuid", "GPU-A"}, {"processes", three_processes()}}}}});
+  auto nvml = open_fake();
+  ASSERT_NE(nvml, nullptr);
+  GpuSampler sampler(*nvml);
+  const NodeReading reading = sampler.sample();
+  ASSERT_EQ(reading.gpus.size(), 1u);
+  EXPECT_EQ(listed(reading.gpus[0]), kThree);
+  EXPECT_EQ(sampler.process_listing(), GpuSampler::ProcessListing::v3_32);
+}
+
+TEST(GpuSampler, ReadsThe24ByteEntriesOfOtherDrivers) {
+  Scenario scenario(nlohmann::json{{"driver_version", "535.104.05"}, {"gpus", {{{"uuid", "GPU-A"}, {"processes", three_processes()}}}}});
+  auto nvml = open_fake();
+  ASSERT_NE(nvml, nullptr);
+  GpuSampler sampler(*nvml);
+  EXPECT_EQ(listed(sampler.sample().gpus.at(0)), kThree);
+  EXPECT_EQ(sampler.process_listing(), GpuSampler::ProcessListing::v3_24);
+}
+
+TEST(GpuSampler, PrefersTheDetailListAndListsAProcessInTwoListsOnce) {
+  const nlohmann::json gpu = {{"uuid", "GPU-A"},
+                              {"processes", three_processes()},
+                              {"graphics_processes", {{{"pid", 104}, {"used_gpu_memory", 4000}}}},
+                              {"mps_processes", {{{"pid", 101}, {"used_gpu_memory", 1500}}}}};
+  Scenario scenario(nlohmann::json{{"driver_version", "550.54.15"}, {"detail_list", true}, {"gpus", {gpu}}});
+  auto nvml = open_fake();
+  ASSERT_NE(nvml, nullptr);
+  GpuSampler sampler(*nvml);
+  EXPECT_EQ(listed(sampler.sample().gpus.at(0)),
+            (std::vector<std::pair<pid_t, std::uint64_t>>{{101, 1500}, {102, 2000}, {103, 3000}, {104, 4000}}));
+  EXPECT_EQ(sampler.process_listing(), GpuSampler::ProcessListing::detail_list);
+}
+
+TEST(GpuSampler, ADriverWithoutTheDetailListIsReadThroughTheV3Calls) {
+  Scenario scenario(nlohmann::json{{"detail_list", true}, {"gpus", {{{"uuid", "GPU-A"}, {"processes", three_processes()}}}}});
+  auto nvml = open_fake(FAKE_NVML_MISSING_SYMBOL_PATH);
+  ASSERT_NE(nvml, nullptr);
+  GpuSampler sampler(*nvml);
+  EXPECT_EQ(listed(sampler.sample().gpus.at(0)), kThree);
+  EXPECT_EQ(sampler.process_listing(), GpuSampler::ProcessListing::v3_24);
+}
+
+TEST(GpuSampler, ASampleIsTakenOnceAndALostGpuKeepsItsNameWhileTheOthersGoOn) {
+  const nlohmann::json a = {{"uuid", "GPU-A"},
+                            {"utilization_gpu", 40},
+                            {"energy_mj", 1000},
+                            {"samples", {{{"pid", 101}, {"t_us", 100}, {"sm", 40}}}},
+                            {"steps", {nlohmann::json::object(), {{"lost", true}}}}};
+  const nlohmann::json b = {{"uuid", "GPU-B"}, {"energy_mj", 7000}};
+  Scenario scenario(nlohmann::json{{"gpus", {a, b}}});
+  auto nvml = open_fake();
+  ASSERT_NE(nvml, nullptr);
+  GpuSampler sampler(*nvml);
+  const NodeReading first = sampler.sample();
+  ASSERT_EQ(first.gpus.size(), 2u);
+  ASSERT_EQ(first.gpus[0].samples.size(), 1u);
+  EXPECT_EQ(first.gpus[0].samples[0].sm_percent, 40u);
+  EXPECT_EQ(first.gpus[0].utilization_percent, 40u);
+  EXPECT_TRUE(sampler.sample().gpus[0].samples.empty()) << "the same sample again";
+
+  scenario.step(1);
+  const NodeReading lost = sampler.sample();
+  ASSERT_EQ(lost.gpus.size(), 2u);
+  EXPECT_TRUE(lost.gpus[0].lost);
+  EXPECT_EQ(lost.gpus[0].uuid, "GPU-A") << "a lost GPU is still the GPU it was";
+  ASSERT_FALSE(lost.gpus[0].failures.empty());
+  EXPECT_EQ(lost.gpus[0].failures[0], (GpuFailure{"nvmlDeviceGetUUID", "GPU is lost"}));
+  EXPECT_FALSE(lost.gpus[1].lost);
+  EXPECT_EQ(lost.gpus[1].energy_mj, 7000u);
+}
+
+// The source's thread samples, accounts and wakes the event loop: this process, in its own cgroup, holds memory on
+// a GPU whose energy advances; the passes taken add up to the energy the scenario spent.
+TEST(GpuSource, PassesArriveOnItsFdAndAddUpToTheDevicesEnergy) {
+  const auto self = static_cast<unsigned>(::getpid());
+  const nlohmann::json gpu = {{"uuid", "GPU-A"},
+                              {"utilization_gpu", 0},
+                              {"energy_mj", 1000},
+                              {"processes", {{{"pid", self}, {"used_gpu_memory", 4096}}}},
+                              {"steps", {nlohmann::json::object(), {{"energy_mj", 1600}}}}};
+  Scenario scenario(nlohmann::json{{"gpus", {gpu}}});
+  GpuSource::Options options;
+  options.library = FAKE_NVML_PATH;
+  options.interval = 10ms;
+  auto source = GpuSource::start(options);
+  ASSERT_TRUE(source) << source.error().message;
+  std::uint64_t energy = 0, idle = 0;
+  bool held = false;
+  auto take = [&] {
+    pollfd pfd{(*source)->fd(), POLLIN, 0};
+    if (::poll(&pfd, 1, 100) <= 0) return;
+    for (const GpuPass& pass : (*source)->take()) {
+      for (const GpuUsage& usage : pass.gpus) {
+        energy += usage.energy_mj;
+        idle += usage.idle_energy_mj;
+        for (const HolderUsage& h : usage.holders) held = held || (h.memory_bytes == 4096 && pass.identities.contains(h.workload));
+      }
+    }
+  };
+  ASSERT_TRUE(test::wait_until([&] { return take(), held; }, 10s)) << "this process, resolved to its workload";
+  scenario.step(1);
+  ASSERT_TRUE(test::wait_until([&] { return take(), energy == 600; }, 10s)) << energy;
+  EXPECT_EQ(idle, 600u) << "0 % utilization: all of it idle";
+}
+
+}  // namespace
+}  // namespace tally::collectors::gpu

@@ -1,0 +1,191 @@
+// GPU accounting end to end: the real tallyd loads the fake NVML (tests/fake_nvml) through the production dlopen
+// path; real processes in test cgroups hold memory and run on two GPUs (one whole, one in MIG mode) as the scenario
+// says, step by step; a subscriber reads the feed. The expected SM time, memory and joules are computed from the
+// scenario here, independently, and the conservation identity is checked on every report.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "agent/base/workload_identity.hpp"
+#include "tests/support/deadline.hpp"
+#include "tests/support/feed_subscriber.hpp"
+#include "tests/support/tallyd_process.hpp"
+#include "tests/support/test_cgroup.hpp"
+
+namespace tally::test {
+namespace {
+
+using namespace std::chrono_literals;
+using Totals = std::map<std::string, std::map<std::string, std::uint64_t>>;  // workload -> "name/kind" -> value
+
+constexpr std::uint64_t kGiB = 1ull << 30;
+
+std::string key(const v1::CounterTotal& t) { return t.name() + "/" + v1::ValueKind_Name(t.kind()); }
+
+class TallydGpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root to make test cgroups";
+    auto root = cgroup2_root();
+    if (!root) GTEST_SKIP() << "needs cgroup v2 (pure or hybrid)";
+    root_ = *root;
+    parent_ = std::make_unique<TestCgroupParent>(root_);
+  }
+
+  std::string workload_id(const std::filesystem::path& cgroup) const {
+    return identify_cgroup("/" + cgroup.lexically_relative(root_).string()).id;
+  }
+
+  void set_step(int step) const {
+    dir_.write("step.tmp", std::to_string(step));
+    std::filesystem::rename(dir_ / "step.tmp", dir_ / "step");  // a pass reads one step or the next, never half
+  }
+
+  // Folds a usage report into the latest totals (and gauges) per workload.
+  static void fold(const v1::UsageReport& report, Totals& totals) {
+    for (const auto& w : report.workloads()) {
+      auto& mine = totals[w.workload_id()];
+      for (const auto& t : w.totals()) {
+        if (t.source() == v1::VALUE_SOURCE_NVML) mine[key(t)] = t.total();
+      }
+      // A report that carries the workload's totals carries all its gauges; one at 0 is left out.
+      if (w.totals_size() > 0) {
+        std::erase_if(mine, [](const auto& entry) { return entry.first.starts_with("gauge:"); });
+      }
+      for (const auto& [name, value] : w.gauges()) mine["gauge:" + name] = value;
+    }
+  }
+
+  // On every GPU: the workloads' energy + idle + unattributed = the device's own. Returns the first violation.
+  static std::string conservation_broken(const Totals& totals) {
+    for (const auto& [id, counters] : totals) {
+      if (!id.starts_with("gpu:")) continue;
+      const std::string uuid = id.substr(4);
+      auto get = [&](const std::map<std::string, std::uint64_t>& m, const std::string& k) {
+        auto it = m.find(k);
+        return it == m.end() ? 0 : it->second;
+      };
+      std::uint64_t parts = get(counters, "gpu_idle_energy_mj/VALUE_KIND_APPORTIONED") +
+                            get(counters, "gpu_unattributed_energy_mj/VALUE_KIND_APPORTIONED");
+      for (const auto& [other, c] : totals) {
+        parts += get(c, "gpu_energy_mj:" + uuid + "/VALUE_KIND_APPORTIONED") +
+                 get(c, "gpu_energy_mj:" + uuid + "/VALUE_KIND_ESTIMATED");
+      }
+      const std::uint64_t device = get(counters, "gpu_energy_mj/VALUE_KIND_MEASURED");
+      if (parts != device) {
+        return id + ": parts " + std::to_string(parts) + " != device " + std::to_string(device);
+      }
+    }
+    return {};
+  }
+
+  std::filesystem::path root_;
+  std::unique_ptr<TestCgroupParent> parent_;
+  TempDir dir_;
+};
+
+TEST_F(TallydGpuTest, GpuTimeMemoryAndEnergyPerWorkloadMatchTheScenarioAndAreConserved) {
+  const auto cgroup_a = parent_->make_child("gpu-a"), cgroup_b = parent_->make_child("gpu-b"),
+             cgroup_c = parent_->make_child("gpu-c");
+  CgroupProcess a(cgroup_a, {"/bin/cat"}), b(cgroup_b, {"/bin/cat"}), c(cgroup_c, {"/bin/cat"});
+  const auto pa = static_cast<unsigned>(a.pid()), pb = static_cast<unsigned>(b.pid()),
+             pc = static_cast<unsigned>(c.pid());
+  const unsigned gone = 4'000'000;  // a pid that is no process: its share is unattributed
+
+  // GPU-W, whole: 50 % busy, then 100 %. Samples 100 ms apart: the first of a process covers the default period
+  // (1 s), later ones the 100 ms since its previous one.
+  nlohmann::json whole = {
+      {"uuid", "GPU-W"}, {"bus_id", "00000000:34:00.0"}, {"memory_total", 80 * kGiB},
+      {"energy_mj", 1'000'000}, {"utilization_gpu", 50}, {"power_mw", 300'000},
+      {"processes", {{{"pid", pa}, {"used_gpu_memory", 1 * kGiB}}, {{"pid", pb}, {"used_gpu_memory", 2 * kGiB}}}},
+      {"steps",
+       {nlohmann::json::object(),
+        {{"energy_mj", 1'010'000},
+         {"samples", {{{"pid", pa}, {"t_us", 100'000}, {"sm", 30}}, {{"pid", pb}, {"t_us", 100'000}, {"sm", 10}}}}},
+        {{"energy_mj", 1'030'000},
+         {"utilization_gpu", 100},
+         {"samples",
+          {{{"pid", pa}, {"t_us", 100'000}, {"sm", 30}},
+           {{"pid", pb}, {"t_us", 100'000}, {"sm", 10}},
+           {{"pid", pa}, {"t_us", 200'000}, {"sm", 60}},
+           {{"pid", pb}, {"t_us", 200'000}, {"sm", 60}},
+           {{"pid", gone}, {"t_us", 200'000}, {"sm", 0}}}}},
+        {{"lost", true}}}}};
+  // GPU-M, MIG: a 40 GiB slice (half the GPU) held by c, an empty 20 GiB one.
+  nlohmann::json mig = {
+      {"uuid", "GPU-M"}, {"bus_id", "00000000:36:00.0"}, {"memory_total", 80 * kGiB}, {"mig_mode", 1},
+      {"energy_mj", 500'000},
+      {"mig_instances",
+       {{{"gpu_instance_id", 1}, {"compute_instance_id", 0}, {"uuid", "MIG-1"}, {"memory_total", 40 * kGiB}},
+        {{"gpu_instance_id", 2}, {"compute_instance_id", 0}, {"uuid", "MIG-2"}, {"memory_total", 20 * kGiB}}}},
+      {"mig_processes", {{{{"pid", pc}, {"used_gpu_memory", 1 * kGiB}}}, nlohmann::json::array()}},
+      {"steps",
+       {nlohmann::json::object(), {{"energy_mj", 510'000}}, {{"energy_mj", 530'000}}, {{"energy_mj", 560'000}}}}};
+  dir_.write("scenario.json", nlohmann::json{{"driver_version", "550.54.15"}, {"gpus", {whole, mig}}}.dump());
+  set_step(0);
+
+  TallydProcess tallyd(test_config(1000, 30, "[topology]\nnvml_library = \"" FAKE_NVML_PATH "\"\n"
+                                             "[gpu]\ninterval_ms = 20\n[probes]\nenabled = false\n"),
+                       {}, {{"TALLY_FAKE_NVML_SCENARIO", (dir_ / "scenario.json").string()},
+                            {"TALLY_FAKE_NVML_STEP", (dir_ / "step").string()}});
+  const auto endpoint = tallyd.wait_ready();
+  ASSERT_TRUE(endpoint) << tallyd.process().stderr_text();
+  FeedSubscriber feed(*endpoint, "usage");
+  Totals totals;
+  std::string broken;
+  auto until = [&](auto&& done) {
+    return feed.receive_until(
+        [&](const FeedMessage& m) {
+          fold(m.envelope.usage(), totals);
+          if (broken.empty()) broken = conservation_broken(totals);
+          return done();
+        },
+        20s);
+  };
+  auto total = [&](const std::string& workload, const std::string& k) -> std::uint64_t {
+    auto w = totals.find(workload);
+    if (w == totals.end()) return 0;
+    auto it = w->second.find(k);
+    return it == w->second.end() ? 0 : it->second;
+  };
+  const std::string wa = workload_id(cgroup_a), wb = workload_id(cgroup_b), wc = workload_id(cgroup_c);
+  // Step 0: the baseline is read (the processes' memory shows), nothing is counted yet.
+  ASSERT_TRUE(until([&] { return total(wb, "gauge:gpu_memory_bytes") == 2 * kGiB; })) << tallyd.process().stderr_text();
+  set_step(1);
+  ASSERT_TRUE(until([&] { return total("gpu:GPU-W", "gpu_energy_mj/VALUE_KIND_MEASURED") == 10'000; }));
+  set_step(2);
+  ASSERT_TRUE(until([&] { return total("gpu:GPU-W", "gpu_energy_mj/VALUE_KIND_MEASURED") == 30'000; }));
+  set_step(3);
+  ASSERT_TRUE(until([&] {
+    return total("gpu:GPU-W", "gauge:gpu_lost") == 1 && total("gpu:GPU-M", "gpu_energy_mj/VALUE_KIND_MEASURED") == 60'000;
+  }));
+  EXPECT_EQ(broken, "");
+
+  // Expected, from the scenario. Step 1 (50 % busy, 10 J): a 30 % and b 10 % of 1 s; busy energy 5 J shared 3:1.
+  // Step 2 (100 %, 20 J): a and b claim 60 % + 60 % of 100 ms: scaled to 100 %, 50 ms each; busy 20 J shared 1:1.
+  const std::uint64_t sm_a = 300'000'000 + 50'000'000, sm_b = 100'000'000 + 50'000'000;
+  EXPECT_EQ(total(wa, "gpu_sm_ns/VALUE_KIND_MEASURED"), sm_a);
+  EXPECT_EQ(total(wa, "gpu_sm_ns:GPU-W/VALUE_KIND_MEASURED"), sm_a);
+  EXPECT_EQ(total(wb, "gpu_sm_ns/VALUE_KIND_MEASURED"), sm_b);
+  EXPECT_EQ(total("gpu:GPU-W", "gpu_sm_scaled_off_ns/VALUE_KIND_MEASURED"), 20'000'000u);
+  EXPECT_EQ(total(wa, "gpu_energy_mj:GPU-W/VALUE_KIND_APPORTIONED"), 3'750u + 10'000u);
+  EXPECT_EQ(total(wb, "gpu_energy_mj:GPU-W/VALUE_KIND_APPORTIONED"), 1'250u + 10'000u);
+  EXPECT_EQ(total("gpu:GPU-W", "gpu_idle_energy_mj/VALUE_KIND_APPORTIONED"), 5'000u);
+  EXPECT_EQ(total(wa, "gauge:gpu_memory_bytes"), 1 * kGiB);
+  EXPECT_EQ(total(wa, "gpu_memory_peak_bytes/VALUE_KIND_MEASURED"), 1 * kGiB);
+  EXPECT_GT(total(wa, "gpu_allocated_ns:GPU-W/VALUE_KIND_APPORTIONED"), 0u);
+  // MIG: c holds half the GPU: half of its 60 J, estimated; the empty slice's and the rest are idle.
+  EXPECT_EQ(total(wc, "gpu_energy_mj:GPU-M/VALUE_KIND_ESTIMATED"), 30'000u);
+  EXPECT_EQ(total("gpu:GPU-M", "gpu_idle_energy_mj/VALUE_KIND_APPORTIONED"), 30'000u);
+  EXPECT_EQ(total(wc, "gauge:gpu_memory_bytes:GPU-M"), 1 * kGiB);
+  EXPECT_EQ(total(wc, "gpu_sm_ns/VALUE_KIND_MEASURED"), 0u);
+  EXPECT_GT(total(wc, "gpu_allocated_ns/VALUE_KIND_APPORTIONED"), 0u);
+  // The lost GPU is said once in the log, and the other GPU went on (above).
+  const std::string log = tallyd.process().stderr_text();
+  EXPECT_NE(log.find("GPU is lost"), std::string::npos) << log;
+}
+
+}  // namespace
+}  // namespace tally::test
