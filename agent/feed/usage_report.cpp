@@ -234,6 +234,11 @@ void UsageReportEncoder::append_workload(const ledger::Ledger& ledger, const Wor
   }
   const std::size_t begun = wire::begin_message(report_, field::kReportWorkloads);
   report_ += workload_header(workload);
+  // The workload's own gauges come with every entry of it, so a reader replaces them whole: an unchanged whole
+  // label set writes only those.
+  if (const auto whole = workload.label_sets.find(""); whole != workload.label_sets.end() && !whole->second->changed) {
+    put_gauges(ledger, *whole->second, field::kWorkloadGauges, report_);
+  }
   // Memory-bound: each label set and its counters live apart on the heap. Fetching a few ahead hides the misses.
   const auto& changed = workload.changed_label_sets;
   for (std::size_t i = 0; i < changed.size(); ++i) {

@@ -150,6 +150,24 @@ TEST_F(UsageReportTest, AReportCarriesWhatChangedAndASnapshotEverything) {
   EXPECT_EQ(label_sets, 3u);
 }
 
+// A reader replaces a workload's gauges with each entry of it: an entry for a changed label set carries them too.
+TEST_F(UsageReportTest, EveryEntryOfAWorkloadCarriesItsGauges) {
+  ledger::Workload& w = ledger_.workload(identify_cgroup("/a.slice/a.service"));
+  ledger::LabelSet& whole = ledger_.label_set(w, "");
+  ledger::LabelSet& labelled = ledger_.label_set(w, "k=1");
+  ledger::Contributor& driver = ledger_.contributor("nvml:GPU-1:a", w, Source::nvml);
+  ledger_.update(driver, ledger_.cell(driver, whole, gpu_memory_), 4096);
+  encode(false);
+  ledger_.mark_reported();
+
+  ledger_.add(labelled, tokens_, 1);
+  const v1::UsageReport report = parse(encode(false));
+  ASSERT_EQ(report.workloads_size(), 1);
+  EXPECT_TRUE(report.workloads(0).totals().empty()) << "the whole label set did not change";
+  ASSERT_TRUE(report.workloads(0).gauges().contains("gpu_memory_bytes"));
+  EXPECT_EQ(report.workloads(0).gauges().at("gpu_memory_bytes"), 4096u);
+}
+
 // Whatever the encoder kept between reports, its bytes equal those of an encoder that starts afresh.
 TEST_F(UsageReportTest, CachedBytesAreNeverStale) {
   std::mt19937_64 random(7);

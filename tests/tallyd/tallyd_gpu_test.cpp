@@ -50,10 +50,8 @@ class TallydGpuTest : public ::testing::Test {
       for (const auto& t : w.totals()) {
         if (t.source() == v1::VALUE_SOURCE_NVML) mine[key(t)] = t.total();
       }
-      // A report that carries the workload's totals carries all its gauges; one at 0 is left out.
-      if (w.totals_size() > 0) {
-        std::erase_if(mine, [](const auto& entry) { return entry.first.starts_with("gauge:"); });
-      }
+      // Every entry of a workload carries all its gauges; one at 0 is left out.
+      std::erase_if(mine, [](const auto& entry) { return entry.first.starts_with("gauge:"); });
       for (const auto& [name, value] : w.gauges()) mine["gauge:" + name] = value;
     }
   }
