@@ -8,7 +8,7 @@ namespace {
 void fold(const google::protobuf::RepeatedPtrField<v1::CounterTotal>& totals, std::uint64_t report,
           CounterViews& into) {
   for (const v1::CounterTotal& t : totals) {
-    CounterView& c = into[{t.name(), t.source()}];
+    CounterView& c = into[{t.name(), t.source(), t.kind()}];
     c.total = t.total();
     c.delta = t.delta();
     c.reported = report;

@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
-#include <utility>
+#include <tuple>
 
 #include "tally/v1/feed.pb.h"
 
@@ -20,8 +20,9 @@ struct CounterView {
   std::uint64_t reported = 0;    // that report's number in this view (see UsageView::reports())
   v1::ValueKind kind = v1::VALUE_KIND_UNSPECIFIED;
 };
-// (name, source) -> counter
-using CounterViews = std::map<std::pair<std::string, v1::ValueSource>, CounterView>;
+// (name, source, kind) -> counter: a workload can have one name from two sources, or of two kinds (GPU energy
+// apportioned on a whole GPU, estimated on a MIG slice).
+using CounterViews = std::map<std::tuple<std::string, v1::ValueSource, v1::ValueKind>, CounterView>;
 
 struct LabelSetView {
   v1::LabelSetUsage last;  // as last carried (its totals folded into `counters`)

@@ -8,6 +8,7 @@ namespace tally::agent {
 
 void add_watch_command(CLI::App& app, int& exit_status);
 void add_top_command(CLI::App& app, int& exit_status);
+void add_gpus_command(CLI::App& app, int& exit_status);
 void add_topo_command(CLI::App& app, int& exit_status);
 void add_probes_command(CLI::App& app, int& exit_status);
 

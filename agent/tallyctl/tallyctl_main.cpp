@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   int exit_status = 0;
   tally::agent::add_watch_command(app, exit_status);
   tally::agent::add_top_command(app, exit_status);
+  tally::agent::add_gpus_command(app, exit_status);
   tally::agent::add_topo_command(app, exit_status);
   tally::agent::add_probes_command(app, exit_status);
   CLI11_PARSE(app, argc, argv);

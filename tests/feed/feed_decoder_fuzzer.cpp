@@ -37,17 +37,17 @@ void check_at(bool ok, int line) {
 // The view must hold, for every (workload, label set, counter) a report carried, the last total it carried; after
 // a snapshot, only the workloads it carried.
 void check_view(const UsageView& view, const v1::UsageReport& report) {
-  // workload, label text (nullopt: the workload's own totals), counter name, source
-  using Key = std::tuple<std::string, std::optional<std::string>, std::string, int>;
+  // workload, label text (nullopt: the workload's own totals), counter name, source, kind
+  using Key = std::tuple<std::string, std::optional<std::string>, std::string, int, int>;
   std::map<Key, std::uint64_t> last;
   for (const auto& w : report.workloads()) {
-    for (const auto& t : w.totals()) last[{w.workload_id(), std::nullopt, t.name(), t.source()}] = t.total();
+    for (const auto& t : w.totals()) last[{w.workload_id(), std::nullopt, t.name(), t.source(), t.kind()}] = t.total();
     for (const auto& ls : w.label_sets()) {
-      for (const auto& t : ls.totals()) last[{w.workload_id(), label_text(ls), t.name(), t.source()}] = t.total();
+      for (const auto& t : ls.totals()) last[{w.workload_id(), label_text(ls), t.name(), t.source(), t.kind()}] = t.total();
     }
   }
   for (const auto& [key, total] : last) {
-    const auto& [workload, labels, name, source] = key;
+    const auto& [workload, labels, name, source, kind] = key;
     const auto w = view.workloads().find(workload);
     check(w != view.workloads().end());
     const CounterViews* counters = &w->second.totals;
@@ -56,7 +56,7 @@ void check_view(const UsageView& view, const v1::UsageReport& report) {
       check(ls != w->second.label_sets.end());
       counters = &ls->second.counters;
     }
-    const auto c = counters->find({name, static_cast<v1::ValueSource>(source)});
+    const auto c = counters->find({name, static_cast<v1::ValueSource>(source), static_cast<v1::ValueKind>(kind)});
     check(c != counters->end() && c->second.total == total && c->second.reported == view.reports());
   }
   if (report.snapshot()) {

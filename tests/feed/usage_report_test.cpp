@@ -234,7 +234,7 @@ TEST_F(UsageReportTest, OneReportInThreeGivesTheSameTotals) {
   ASSERT_EQ(all.workloads().size(), 6u);
   for (const auto& [id, w] : all.workloads()) {
     for (const auto& [text, l] : w.label_sets) {
-      const auto key = std::make_pair(std::string("tokens_in"), v1::VALUE_SOURCE_CLIENT);
+      const auto key = std::make_tuple(std::string("tokens_in"), v1::VALUE_SOURCE_CLIENT, v1::VALUE_KIND_MEASURED);
       if (!l.counters.contains(key)) continue;
       const std::uint64_t total = l.counters.at(key).total;
       EXPECT_EQ(every_third.workloads().at(id).label_sets.at(text).counters.at(key).total, total);

@@ -185,10 +185,64 @@ TEST(TallyctlWatch, MalformedMessagesAreReportedAndSkipped) {
   EXPECT_TRUE(watch.running());
 }
 
+std::string envelope_of(const std::string& report, std::uint64_t sequence) {
+  v1::Envelope envelope;
+  envelope.set_node_id("node-top");
+  envelope.set_instance_id("instance-top");
+  envelope.set_sequence(sequence);
+  envelope.set_kind_sequence(sequence);
+  EXPECT_TRUE(envelope.mutable_usage()->ParseFromString(report));
+  return envelope.SerializeAsString();
+}
+
+// Runs `tallyctl <command> --plain` on a fake agent that publishes `snapshot` until the screen shows, then `report`
+// (whose interval is 2 s); returns the last screen drawn, from its title line on.
+std::string last_screen(const std::string& command, const std::string& snapshot, const std::string& report) {
+  FakeAgent agent;
+  Process screen({TALLYCTL_PATH, command, "--plain", "-e", agent.endpoint()});
+  const std::string title = "tally " + command + ": node node-top";
+  // Snapshots until it draws one (a subscription takes a moment to propagate), then the report.
+  EXPECT_TRUE(wait_until([&] {
+    agent.send_raw("usage", snapshot);
+    return screen.stdout_text().find(title) != std::string::npos;
+  }, 20s, 20ms)) << "tallyctl " << command << " drew nothing; stderr:\n" << screen.stderr_text();
+  agent.send_raw("usage", report);
+  EXPECT_TRUE(wait_until([&] { return screen.stdout_text().find("interval 2.0s") != std::string::npos; }))
+      << screen.stdout_text() << screen.stderr_text();
+  screen.signal(SIGTERM);
+  EXPECT_TRUE(screen.wait(20s));
+  const std::string out = screen.stdout_text();
+  const auto at = out.rfind(title);
+  return at == std::string::npos ? out : out.substr(at);
+}
+
+// The lines of `screen` whose first column starts with `prefix`, as whitespace-separated columns.
+std::vector<std::vector<std::string>> rows_of(const std::string& screen, const std::string& prefix) {
+  std::istringstream lines(screen);
+  std::vector<std::vector<std::string>> rows;
+  for (std::string line; std::getline(lines, line);) {
+    std::istringstream columns(line);
+    std::vector<std::string> row{std::istream_iterator<std::string>(columns), {}};
+    if (!row.empty() && row[0].starts_with(prefix)) rows.push_back(row);
+  }
+  return rows;
+}
+
+// A GPU's own feed entry, as tallyd's GPU accounting makes it.
+WorkloadIdentity gpu_entry(const std::string& uuid, const std::string& index) {
+  WorkloadIdentity identity;
+  identity.kind = WorkloadKind::gpu;
+  identity.id = "gpu:" + uuid;
+  identity.attributes = {{"uuid", uuid}, {"index", index}, {"name", "NVIDIA H100"}};
+  return identity;
+}
+
 // tallyctl top on known usage: three workloads in usage reports the agent's own encoder made from a ledger,
 // published through a PUB socket as the agent does. Rows come in order of cost (GPU time, then tokens per second)
-// and show the rates of the last report's interval and the totals, to the digit.
+// and show the rates of the last report's interval and the totals, to the digit, with what the GPU driver saw; a
+// GPU's own entry is not a workload row.
 TEST(TallyctlTop, RowsInOrderOfCostWithTheirRatesAndTotals) {
+  using ledger::Kind;
   using ledger::Source;
   ledger::Ledger ledger;
   const auto requests = ledger.counter("requests", Source::client);
@@ -196,36 +250,41 @@ TEST(TallyctlTop, RowsInOrderOfCostWithTheirRatesAndTotals) {
   const auto tokens_out = ledger.counter("tokens_out", Source::client);
   const auto gpu_ns = ledger.counter("gpu_time_ns", Source::client);
   const auto dropped = ledger.counter("events_dropped", Source::client);
+  const auto sm_ns = ledger.counter("gpu_sm_ns", Source::nvml);
+  const auto energy = ledger.counter("gpu_energy_mj", Source::nvml, Kind::apportioned);
+  const auto energy_mig = ledger.counter("gpu_energy_mj", Source::nvml, Kind::estimated);
+  const auto memory = ledger.counter("gpu_memory_bytes", Source::nvml, Kind::measured, true);
   auto& gpu_heavy = ledger.workload(identify_cgroup("/system.slice/gpu-heavy.service"));
   auto& token_heavy = ledger.workload(identify_cgroup("/system.slice/token-heavy.service"));
   auto& light = ledger.workload(identify_cgroup("/system.slice/light.service"));
+  auto& device = ledger.workload(gpu_entry("GPU-1", "0"));
   auto& g = ledger.label_set(gpu_heavy, "tenant=a");
   auto& t = ledger.label_set(token_heavy, "tenant=b");
   auto& l = ledger.label_set(light, "tenant=c");
+  auto& g_whole = ledger.label_set(gpu_heavy, "");
   // Before the first report: large totals, so that the rates below can only come from the last interval.
   for (auto* ls : {&g, &t, &l}) {
     ledger.add(*ls, requests, 1000);
     ledger.add(*ls, tokens_in, 1'000'000);
   }
+  ledger.add(g_whole, sm_ns, 50'000'000'000ULL);
+  ledger.add(ledger.label_set(device, ""), ledger.counter("gpu_energy_mj", Source::nvml), 1);
   ledger.add(ledger.label_set(token_heavy, ""), dropped, 7);
   agent::UsageReportEncoder encoder;
-  auto envelope_of = [](const std::string& report, std::uint64_t sequence) {
-    v1::Envelope envelope;
-    envelope.set_node_id("node-top");
-    envelope.set_instance_id("instance-top");
-    envelope.set_sequence(sequence);
-    envelope.set_kind_sequence(sequence);
-    EXPECT_TRUE(envelope.mutable_usage()->ParseFromString(report));
-    return envelope.SerializeAsString();
-  };
   const std::uint64_t t0 = 1'700'000'000'000'000'000ULL;
   const std::string snapshot = envelope_of(encoder.encode(ledger, {t0, t0 + 10'000'000'000ULL, true, false}), 1);
   ledger.mark_reported();
-  // The last interval, 2 s: gpu-heavy 3 GPU-seconds (1.50/s), 10 requests, 200 tokens; token-heavy no GPU,
-  // 40 requests, 10,000 tokens; light 2 requests, 20 tokens.
+  // The last interval, 2 s: gpu-heavy 3 GPU-seconds (1.50/s) as it reported them, 1 SM-second (0.50/s) and 600 J
+  // (300 W: apportioned on a GPU, estimated on a MIG slice) as the driver saw, 2 GiB held, 10 requests, 200 tokens;
+  // token-heavy no GPU, 40 requests, 10,000 tokens; light 2 requests, 20 tokens.
   ledger.add(g, gpu_ns, 3'000'000'000ULL);
   ledger.add(g, requests, 10);
   ledger.add(g, tokens_in, 200);
+  ledger.add(g_whole, sm_ns, 1'000'000'000ULL);
+  ledger.add(g_whole, energy, 400'000);
+  ledger.add(g_whole, energy_mig, 200'000);
+  ledger::Contributor& driver = ledger.contributor("nvml:GPU-1:gpu-heavy", gpu_heavy, Source::nvml);
+  ledger.update(driver, ledger.cell(driver, g_whole, memory), 2ULL << 30);
   ledger.add(t, requests, 40);
   ledger.add(t, tokens_in, 8000);
   ledger.add(t, tokens_out, 2000);
@@ -234,45 +293,86 @@ TEST(TallyctlTop, RowsInOrderOfCostWithTheirRatesAndTotals) {
   const std::string report =
       envelope_of(encoder.encode(ledger, {t0 + 10'000'000'000ULL, t0 + 12'000'000'000ULL, false, false}), 2);
 
-  FakeAgent agent;
-  Process top({TALLYCTL_PATH, "top", "--plain", "-e", agent.endpoint()});
-  // Snapshots until top draws one (a subscription takes a moment to propagate), then the report.
-  ASSERT_TRUE(wait_until([&] {
-    agent.send_raw("usage", snapshot);
-    return top.stdout_text().find("tally top: node node-top") != std::string::npos;
-  }, 20s, 20ms)) << "tallyctl top drew nothing; stderr:\n" << top.stderr_text();
-  agent.send_raw("usage", report);
-  ASSERT_TRUE(wait_until([&] { return top.stdout_text().find("interval 2.0s") != std::string::npos; }))
-      << top.stdout_text() << top.stderr_text();
-  top.signal(SIGTERM);
-  ASSERT_TRUE(top.wait(20s));
-  const std::string out = top.stdout_text();
-  std::istringstream screen(out.substr(out.rfind("tally top: node")));
-  std::vector<std::vector<std::string>> rows;  // the workload rows, as whitespace-separated columns
-  for (std::string line; std::getline(screen, line);) {
-    std::istringstream columns(line);
-    std::vector<std::string> row{std::istream_iterator<std::string>(columns), {}};
-    if (!row.empty() && row[0].starts_with("systemd:")) rows.push_back(row);
-  }
+  const std::string out = last_screen("top", snapshot, report);
+  EXPECT_EQ(out.find("gpu:GPU-1"), std::string::npos) << "a GPU is not a workload\n" << out;
+  const auto rows = rows_of(out, "systemd:");
   ASSERT_EQ(rows.size(), 3u) << out;
-  // WORKLOAD NAME? REQ/s TOK/s GPU ...: no names were given, so the columns start at REQ/s right after the id.
+  // WORKLOAD NAME? REQ/s TOK/s GPU SM GPUMEM GPU W ...: no names were given, so the columns start at REQ/s right
+  // after the id.
   EXPECT_EQ(rows[0][0], gpu_heavy.identity.id) << out;
   EXPECT_EQ(rows[1][0], token_heavy.identity.id) << out;
   EXPECT_EQ(rows[2][0], light.identity.id) << out;
-  EXPECT_EQ((std::vector<std::string>{rows[0][1], rows[0][2], rows[0][3]}),
-            (std::vector<std::string>{"5.0", "100", "1.50"})) << out;
-  EXPECT_EQ((std::vector<std::string>{rows[1][1], rows[1][2], rows[1][3]}),
-            (std::vector<std::string>{"20.0", "5000", "0.00"})) << out;
+  EXPECT_EQ((std::vector<std::string>(rows[0].begin() + 1, rows[0].begin() + 7)),
+            (std::vector<std::string>{"5.0", "100", "1.50", "0.50", "2.0GiB", "300.0"})) << out;
+  EXPECT_EQ((std::vector<std::string>(rows[1].begin() + 1, rows[1].begin() + 7)),
+            (std::vector<std::string>{"20.0", "5000", "0.00", "0.00", "-", "0.0"})) << out;
   EXPECT_EQ((std::vector<std::string>{rows[2][1], rows[2][2], rows[2][3]}),
             (std::vector<std::string>{"1.0", "10", "0.00"})) << out;
   // DROPPED, a total: after TTFT p50, TTFT p99, DUR p99 ("-": no requests recorded) and TOP1%TOK.
-  EXPECT_EQ(rows[1][8], "7") << out;
-  EXPECT_EQ(rows[0][8], "0") << out;
+  EXPECT_EQ(rows[1][11], "7") << out;
+  EXPECT_EQ(rows[0][11], "0") << out;
+}
+
+// tallyctl gpus: each GPU's own entry with its figures, and below it the workloads holding memory on it or running
+// on it in the last interval.
+TEST(TallyctlGpus, EachGpuWithItsBucketsAndItsHolders) {
+  using ledger::Kind;
+  using ledger::Source;
+  ledger::Ledger ledger;
+  auto& gpu0 = ledger.workload(gpu_entry("GPU-0", "0"));
+  auto& gpu1 = ledger.workload(gpu_entry("GPU-1", "1"));
+  auto& holder = ledger.workload(identify_cgroup("/system.slice/trainer.service"));
+  auto& bystander = ledger.workload(identify_cgroup("/system.slice/bystander.service"));
+  ledger.add(ledger.label_set(bystander, ""), ledger.counter("io_read_bytes", Source::kernel_probes), 1);
+  auto level = [&](ledger::Workload& w, const std::string& key, const std::string& name, std::uint64_t value) {
+    ledger::Contributor& c = ledger.contributor(key, w, Source::nvml);
+    ledger.update(c, ledger.cell(c, ledger.label_set(w, ""), ledger.counter(name, Source::nvml, Kind::measured, true)),
+                  value);
+  };
+  auto add = [&](ledger::Workload& w, const std::string& name, Kind kind, std::uint64_t amount) {
+    ledger.add(ledger.label_set(w, ""), ledger.counter(name, Source::nvml, kind), amount);
+  };
+  level(gpu0, "nvml:gpu:GPU-0", "gpu_utilization_percent", 37);
+  level(gpu0, "nvml:gpu:GPU-0", "gpu_power_mw", 250'500);
+  level(gpu0, "nvml:gpu:GPU-0", "gpu_memory_total_bytes", 80ULL << 30);
+  level(gpu0, "nvml:gpu:GPU-0", "gpu_memory_used_bytes", 4ULL << 30);
+  level(gpu1, "nvml:gpu:GPU-1", "gpu_lost", 1);
+  add(gpu0, "gpu_energy_mj", Kind::measured, 10'000'000);
+  add(gpu0, "gpu_idle_energy_mj", Kind::apportioned, 4'000'000);
+  add(gpu0, "gpu_unattributed_energy_mj", Kind::apportioned, 1'000'000);
+  add(gpu1, "gpu_energy_mj", Kind::measured, 1);
+  add(holder, "gpu_energy_mj:GPU-0", Kind::apportioned, 5'000'000);
+  level(holder, "nvml:GPU-0:trainer", "gpu_memory_bytes:GPU-0", 4ULL << 30);
+  agent::UsageReportEncoder encoder;
+  const std::uint64_t t0 = 1'700'000'000'000'000'000ULL;
+  const std::string snapshot = envelope_of(encoder.encode(ledger, {t0, t0 + 10'000'000'000ULL, true, false}), 1);
+  ledger.mark_reported();
+  add(holder, "gpu_sm_ns:GPU-0", Kind::measured, 1'000'000'000);  // 0.50 SM-seconds per second over 2 s
+  const std::string report =
+      envelope_of(encoder.encode(ledger, {t0 + 10'000'000'000ULL, t0 + 12'000'000'000ULL, false, false}), 2);
+
+  const std::string out = last_screen("gpus", snapshot, report);
+  EXPECT_NE(out.find("2 GPUs"), std::string::npos) << out;
+  std::vector<std::vector<std::string>> lines;  // a GPU's line: its index, then its uuid
+  for (const auto& row : rows_of(out, "")) {
+    if (row.size() > 1 && row[1].starts_with("GPU-")) lines.push_back(row);
+  }
+  ASSERT_EQ(lines.size(), 2u) << out;
+  // GPU UUID NAME(2 words) UTIL POWER MEMORY ENERGY IDLE UNATTR STATE
+  EXPECT_EQ((std::vector<std::string>(lines[0].begin(), lines[0].end())),
+            (std::vector<std::string>{"0", "GPU-0", "NVIDIA", "H100", "37%", "250.5", "4.0GiB/80.0GiB", "10000.0",
+                                      "4000.0", "1000.0", "ok"})) << out;
+  EXPECT_EQ(lines[1].back(), "LOST") << out;
+  const auto holders = rows_of(out, "systemd:");
+  ASSERT_EQ(holders.size(), 1u) << "the bystander holds nothing\n" << out;
+  EXPECT_EQ((std::vector<std::string>(holders[0].begin(), holders[0].end())),
+            (std::vector<std::string>{holder.identity.id, "memory", "4.0GiB", "SM", "0.50", "energy", "5000.0", "J"}))
+      << out;
 }
 
 TEST(Tallyctl, HelpOnEverySubcommandAndVersion) {
   for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
-           {TALLYCTL_PATH, "--help"}, {TALLYCTL_PATH, "watch", "--help"}}) {
+           {TALLYCTL_PATH, "--help"}, {TALLYCTL_PATH, "watch", "--help"}, {TALLYCTL_PATH, "gpus", "--help"}}) {
     const auto result = run_command(args, 20s);
     EXPECT_EQ(result.status.code, 0) << result.output;
     EXPECT_NE(result.output.find("Usage"), std::string::npos) << result.output;

@@ -120,11 +120,11 @@ class IndependentSubscriber(unittest.TestCase):
             picture.clear()
         for w in report.workloads:
             for t in w.totals:
-                picture[(w.workload_id, "", t.name, t.source)] = t.total
+                picture[(w.workload_id, "", t.name, t.source, t.kind)] = t.total
             for ls in w.label_sets:
                 labels = "\n".join(f"{l.key}={l.value}" for l in ls.labels)
                 for t in ls.totals:
-                    picture[(w.workload_id, labels, t.name, t.source)] = t.total
+                    picture[(w.workload_id, labels, t.name, t.source, t.kind)] = t.total
 
     def test_one_message_in_three_gives_the_same_totals(self):
         runtime = tempfile.mkdtemp(dir=self.tmp.name)
@@ -154,7 +154,7 @@ class IndependentSubscriber(unittest.TestCase):
                 for ls in w.label_sets:
                     labels = "\n".join(f"{l.key}={l.value}" for l in ls.labels)
                     for t in ls.totals:
-                        key = (w.workload_id, labels, t.name, t.source)
+                        key = (w.workload_id, labels, t.name, t.source, t.kind)
                         deltas[key] = deltas.get(key, 0) + t.delta
 
         # The subscription is live once a first report arrives: from then on no report escapes us.

@@ -191,7 +191,7 @@ class FeedIo {
     const auto it = view_.workloads().find(workload_id);
     if (it == view_.workloads().end()) return {0, 0};
     auto total = [&](const char* name) {
-      const auto c = it->second.totals.find({name, v1::VALUE_SOURCE_KERNEL_PROBES});
+      const auto c = it->second.totals.find({name, v1::VALUE_SOURCE_KERNEL_PROBES, v1::VALUE_KIND_MEASURED});
       return c == it->second.totals.end() ? std::uint64_t{0} : c->second.total;
     };
     return {total("io_write_bytes"), total("io_read_bytes")};
@@ -286,7 +286,7 @@ TEST_F(TallydAttributionTest, ARootCgroupProcessIsOneWorkloadOnEveryPath) {
     for (const auto& [workload_id, w] : feed.view().workloads()) {
       if (workload_id.rfind(id, 0) != 0) continue;
       kind = w.last.kind();
-      return !w.label_sets.empty() && w.totals.contains({"io_write_bytes", v1::VALUE_SOURCE_KERNEL_PROBES});
+      return !w.label_sets.empty() && w.totals.contains({"io_write_bytes", v1::VALUE_SOURCE_KERNEL_PROBES, v1::VALUE_KIND_MEASURED});
     }
     return false;
   })) << "no row with both the client's counters and the kernel's for pid " << writer.pid();
