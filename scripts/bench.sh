@@ -6,6 +6,7 @@
 #   ebpf_probes_bench          64-byte write() with the probes attached vs detached; the agent's own CPU
 #   report_bench               usage reports and checkpoints of 1,000 workloads x 16 label sets vs protobuf's own
 #   agent_cost_bench           tallyd's CPU and memory with no client and with 400 idle clients x 16 label sets
+#   gpu_sampling_bench         one GPU accounting pass over 8 GPUs x 64 processes (fake NVML) vs resolving the pids
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -28,4 +29,5 @@ lttng stop >/dev/null
 build/bench/bench/topology_discovery_bench "$@"
 build/bench/bench/ebpf_probes_bench "$@"
 build/bench/bench/report_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true "$@"
+build/bench/bench/gpu_sampling_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true "$@"
 build/bench/bench/agent_cost_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true "$@"

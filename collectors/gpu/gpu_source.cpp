@@ -7,43 +7,46 @@
 #include <cerrno>
 #include <cstring>
 
-#include "collectors/gpu/gpu_sampler.hpp"
-#include "collectors/nvml/nvml.hpp"
+#include "agent/base/pidfd.hpp"
 
 namespace tally::collectors::gpu {
-namespace {
 
-// An older pass folded into the next one when the event loop falls behind: counts add up, levels are the newer's.
-void fold(GpuPass& older, GpuPass& newer) {
-  for (GpuUsage& n : newer.gpus) {
-    for (const GpuUsage& o : older.gpus) {
-      if (o.uuid != n.uuid) continue;
-      n.elapsed_ns += o.elapsed_ns;
-      n.busy_ns += o.busy_ns;
-      n.energy_mj += o.energy_mj;
-      n.idle_energy_mj += o.idle_energy_mj;
-      n.unattributed_energy_mj += o.unattributed_energy_mj;
-      n.unattributed_sm_ns += o.unattributed_sm_ns;
-      n.sm_scaled_off_ns += o.sm_scaled_off_ns;
-      for (const HolderUsage& oh : o.holders) {
-        auto it = std::find_if(n.holders.begin(), n.holders.end(), [&](const auto& h) { return h.workload == oh.workload; });
-        if (it == n.holders.end()) {
-          HolderUsage gone = oh;
-          gone.memory_bytes = 0;
-          gone.holds_memory = false;
-          n.holders.push_back(gone);
-          continue;
-        }
-        it->sm_ns += oh.sm_ns;
-        it->allocated_ns += oh.allocated_ns;
-        it->energy_mj += oh.energy_mj;
+void fold_pass(GpuPass& older, GpuPass& newer) {
+  for (GpuUsage& o : older.gpus) {
+    auto n = std::find_if(newer.gpus.begin(), newer.gpus.end(), [&](const GpuUsage& g) { return g.uuid == o.uuid; });
+    if (n == newer.gpus.end()) {
+      newer.gpus.push_back(std::move(o));
+      continue;
+    }
+    n->elapsed_ns += o.elapsed_ns;
+    n->busy_ns += o.busy_ns;
+    n->energy_mj += o.energy_mj;
+    n->energy_reset = n->energy_reset || o.energy_reset;
+    n->idle_energy_mj += o.idle_energy_mj;
+    n->unattributed_energy_mj += o.unattributed_energy_mj;
+    n->unattributed_sm_ns += o.unattributed_sm_ns;
+    n->sm_scaled_off_ns += o.sm_scaled_off_ns;
+    n->future_samples += o.future_samples;
+    n->idle_changed = n->idle_changed || o.idle_changed;
+    n->idle_holders_changed = n->idle_holders_changed || o.idle_holders_changed;
+    n->failures.insert(n->failures.begin(), o.failures.begin(), o.failures.end());
+    for (const HolderUsage& oh : o.holders) {
+      auto it = std::find_if(n->holders.begin(), n->holders.end(), [&](const auto& h) { return h.workload == oh.workload; });
+      if (it == n->holders.end()) {  // gone since: its counts stay, it holds nothing now
+        HolderUsage gone = oh;
+        gone.memory_bytes = 0;
+        gone.holds_memory = false;
+        n->holders.push_back(std::move(gone));
+        continue;
       }
+      it->sm_ns += oh.sm_ns;
+      it->allocated_ns += oh.allocated_ns;
+      it->energy_mj += oh.energy_mj;
     }
   }
+  newer.failures.insert(newer.failures.begin(), older.failures.begin(), older.failures.end());
   newer.identities.merge(older.identities);
 }
-
-}  // namespace
 
 Result<std::unique_ptr<GpuSource>> GpuSource::start(Options options) {
   auto nvml = NvmlLibrary::open(options.library);
@@ -79,34 +82,56 @@ std::vector<GpuPass> GpuSource::take() {
   return out;
 }
 
-std::string GpuSource::resolve(pid_t pid, std::map<std::string, WorkloadIdentity>& identities) {
-  auto identity = identify_process(options_.fs, pid, options_.identity_rules);
+GpuPasses::GpuPasses(const NvmlLibrary& nvml, IdleOptions idle, FsRoot fs, IdentityRules identity_rules)
+    : sampler_(nvml), accounting_(idle), fs_(std::move(fs)), identity_rules_(std::move(identity_rules)) {}
+
+GpuPass GpuPasses::next() {
+  ++passes_;
+  GpuPass pass;
+  const NodeReading reading = sampler_.sample();
+  std::map<pid_t, std::string> resolved;  // this pass's
+  pass.gpus = accounting_.account(reading, [&](pid_t pid) {
+    auto [it, fresh] = resolved.try_emplace(pid);
+    if (fresh) it->second = resolve(pid, pass);
+    return it->second;
+  });
+  std::erase_if(known_, [&](const auto& entry) { return !resolved.contains(entry.first); });
+  pass.failures = reading.failures;
+  return pass;
+}
+
+std::string GpuPasses::resolve(pid_t pid, GpuPass& pass) {
+  if (auto it = known_.find(pid); it != known_.end()) {
+    const bool refresh = (passes_ + static_cast<std::uint64_t>(pid)) % kRefreshPasses == 0;
+    if (!refresh && process_state(it->second.pidfd) == ProcessState::alive) {
+      pass.identities.try_emplace(it->second.identity.id, it->second.identity);
+      return it->second.identity.id;
+    }
+    known_.erase(it);
+  }
+  // The pidfd first: if its process is still alive after the read, what was read is that process's.
+  UniqueFd pidfd = fs_.is_host() ? open_pidfd(pid) : UniqueFd();
+  auto identity = identify_process(fs_, pid, identity_rules_);
   if (!identity) return {};  // exited: its share is unattributed
   std::string id = identity->id;
-  identities.try_emplace(id, std::move(*identity));
+  pass.identities.try_emplace(id, *identity);
+  if (pidfd && process_state(pidfd) == ProcessState::alive) {
+    known_.emplace(pid, Known{std::move(pidfd), std::move(*identity)});
+  }
   return id;
 }
 
 void GpuSource::run() {
-  GpuSampler sampler(*nvml_);
-  GpuAccounting accounting(options_.idle);
+  GpuPasses passes(*nvml_, options_.idle, options_.fs, options_.identity_rules);
   std::unique_lock lock(mutex_);
   while (!stopping_) {
     lock.unlock();
-    GpuPass pass;
-    const NodeReading reading = sampler.sample();
-    std::map<pid_t, std::string> resolved;
-    pass.gpus = accounting.account(reading, [&](pid_t pid) {
-      auto [it, fresh] = resolved.try_emplace(pid);
-      if (fresh) it->second = resolve(pid, pass.identities);
-      return it->second;
-    });
-    pass.failures = reading.failures;
+    GpuPass pass = passes.next();
     lock.lock();
     if (queue_.size() >= options_.max_queued && queue_.size() >= 2) {
       GpuPass oldest = std::move(queue_.front());
       queue_.pop_front();
-      fold(oldest, queue_.front());
+      fold_pass(oldest, queue_.front());
     }
     queue_.push_back(std::move(pass));
     const std::uint64_t one = 1;

@@ -22,6 +22,7 @@
 #include "agent/base/unique_fd.hpp"
 #include "agent/base/workload_identity.hpp"
 #include "collectors/gpu/gpu_accounting.hpp"
+#include "collectors/gpu/gpu_sampler.hpp"
 #include "collectors/nvml/nvml.hpp"
 
 namespace tally::collectors::gpu {
@@ -30,6 +31,39 @@ struct GpuPass {
   std::vector<GpuUsage> gpus;
   std::map<std::string, WorkloadIdentity> identities;  // of the workloads named in `gpus`
   std::vector<GpuFailure> failures;                    // node-wide (the device count could not be read)
+};
+
+// An older pass folded into the next one when the event loop falls behind: counts add up, levels are the newer's,
+// a workload only the older pass saw keeps its counts (holding nothing now), and a GPU only the older pass read
+// (the newer could not) is kept as it was. Nothing counted is lost.
+void fold_pass(GpuPass& older, GpuPass& newer);
+
+// One pass: sample NVML, resolve each pid to its workload, account. What the source's thread does every interval,
+// and what bench/gpu_sampling_bench.cpp measures.
+//
+// A pid's workload is kept from pass to pass while the process lives, held by a pidfd: a later process that reuses
+// the pid is never taken for it (it is resolved afresh). Each kept one is read again every kRefreshPasses passes,
+// staggered by pid, so a process moved to another cgroup is billed to its new workload from then on. Kept only for
+// processes on a GPU in the last pass; on the host only (a capture's pids are not this host's processes).
+class GpuPasses {
+ public:
+  static constexpr std::uint64_t kRefreshPasses = 60;
+  GpuPasses(const NvmlLibrary& nvml, IdleOptions idle, FsRoot fs, IdentityRules identity_rules);
+  GpuPass next();
+
+ private:
+  struct Known {
+    UniqueFd pidfd;
+    WorkloadIdentity identity;
+  };
+  std::string resolve(pid_t pid, GpuPass& pass);
+
+  GpuSampler sampler_;
+  GpuAccounting accounting_;
+  FsRoot fs_;
+  IdentityRules identity_rules_;
+  std::map<pid_t, Known> known_;
+  std::uint64_t passes_ = 0;
 };
 
 class GpuSource {
@@ -57,7 +91,6 @@ class GpuSource {
  private:
   GpuSource(Options options, std::unique_ptr<NvmlLibrary> nvml, UniqueFd wake);
   void run();
-  std::string resolve(pid_t pid, std::map<std::string, WorkloadIdentity>& identities);
 
   Options options_;
   std::unique_ptr<NvmlLibrary> nvml_;

@@ -1,9 +1,7 @@
 #include "shm/segments/metering.hpp"
 
-#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -11,6 +9,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "agent/base/pidfd.hpp"
 #include "agent/base/proc.hpp"
 #include "shm/format/names.hpp"
 #include "tally/client.h"
@@ -25,9 +24,6 @@ constexpr std::uint64_t kMaxSegmentBytes = std::uint64_t{1} << 34;
 constexpr std::uint64_t kMaxControlBytes = std::uint64_t{1} << 24;
 
 constexpr std::uint64_t kExitTag = 1;
-
-// pidfd_open, the raw system call (Linux 5.3+): glibc 2.36's <sys/pidfd.h> declares it without C linkage.
-UniqueFd open_pidfd(pid_t pid) { return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0))); }
 
 // After /proc/PID/stat could not be read: true only when the pid is gone for sure. stat() needs no descriptor, so
 // it answers even when the agent is out of them (EMFILE), where reading the file cannot.
@@ -137,9 +133,14 @@ Result<void> MeteringSource::attach(const Registration& registration) {
 
 MeteringSource::Liveness MeteringSource::liveness(Segment& s) {
   auto exited_now = [](const UniqueFd& pidfd) {
-    pollfd p{pidfd.get(), POLLIN, 0};
-    const int ready = ::poll(&p, 1, 0);
-    return ready > 0 ? Liveness::exited : ready == 0 ? Liveness::alive : Liveness::unknown;
+    switch (process_state(pidfd)) {
+      case ProcessState::alive:
+        return Liveness::alive;
+      case ProcessState::exited:
+        return Liveness::exited;
+      default:
+        return Liveness::unknown;
+    }
   };
   if (s.pidfd) return exited_now(*s.pidfd);
   const Producer& producer = s.registration.producer;

@@ -485,6 +485,20 @@ FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t devic
     out.memUtil = sample.value("mem", 0u);
     if (out.timeStamp > lastSeenTimeStamp) found.push_back(out);
   }
+  // A driver at work, for benchmarks: every call finds `count` new samples per running process, ending now.
+  if (const auto synthetic = gpu.find("synthetic_samples"); synthetic != gpu.end()) {
+    const unsigned long long now = now_us();
+    const unsigned count = synthetic->value("count", 1u);
+    for (const auto& process : gpu.value("processes", nlohmann::json::array())) {
+      for (unsigned i = 0; i < count; ++i) {
+        nvmlProcessUtilizationSample_t out{};
+        out.pid = process.value("pid", 0u);
+        out.timeStamp = now - (count - 1 - i);
+        out.smUtil = synthetic->value("sm", 0u);
+        if (out.timeStamp > lastSeenTimeStamp) found.push_back(out);
+      }
+    }
+  }
   if (found.empty()) return NVML_ERROR_NOT_FOUND;
   if (utilization == nullptr || *processSamplesCount < found.size()) {
     *processSamplesCount = static_cast<unsigned>(found.size());

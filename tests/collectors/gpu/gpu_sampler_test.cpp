@@ -3,7 +3,9 @@
 // the driver has it, a lost GPU keeps its name while the others go on, and a sample is taken once.
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -128,6 +130,80 @@ TEST(GpuSampler, ASampleIsTakenOnceAndALostGpuKeepsItsNameWhileTheOthersGoOn) {
   EXPECT_EQ(lost.gpus[0].failures[0], (GpuFailure{"nvmlDeviceGetUUID", "GPU is lost"}));
   EXPECT_FALSE(lost.gpus[1].lost);
   EXPECT_EQ(lost.gpus[1].energy_mj, 7000u);
+}
+
+// When the event loop falls behind, older passes are folded into newer ones: every count survives, also of a GPU
+// the newer pass could not read and of a workload that has left since.
+TEST(GpuSource, FoldingPassesLosesNothingCounted) {
+  auto gpu = [](const char* uuid, std::uint64_t elapsed_ns, std::uint64_t energy_mj, std::uint64_t idle_mj) {
+    GpuUsage usage;
+    usage.uuid = uuid;
+    usage.elapsed_ns = elapsed_ns;
+    usage.energy_mj = energy_mj;
+    usage.idle_energy_mj = idle_mj;
+    return usage;
+  };
+  auto holder = [](const char* workload, std::uint64_t sm_ns, std::uint64_t energy_mj, std::uint64_t memory) {
+    HolderUsage h;
+    h.workload = workload;
+    h.sm_ns = sm_ns;
+    h.energy_mj = energy_mj;
+    h.memory_bytes = memory;
+    h.holds_memory = memory > 0;
+    return h;
+  };
+  GpuPass older, newer;
+  older.gpus = {gpu("GPU-A", 10, 100, 40), gpu("GPU-B", 10, 30, 30)};
+  older.gpus[0].holders = {holder("w1", 5, 60, 9)};
+  newer.gpus = {gpu("GPU-A", 20, 70, 70)};
+  newer.gpus[0].memory_used = 1;
+  newer.gpus[0].holders = {holder("w2", 0, 0, 7)};
+  fold_pass(older, newer);
+  ASSERT_EQ(newer.gpus.size(), 2u) << "GPU-B, which only the older pass read, is kept";
+  const GpuUsage& a = newer.gpus[0];
+  EXPECT_EQ(a.elapsed_ns, 30u);
+  EXPECT_EQ(a.energy_mj, 170u);
+  EXPECT_EQ(a.idle_energy_mj, 110u);
+  EXPECT_EQ(a.memory_used, 1u) << "levels are the newer pass's";
+  ASSERT_EQ(a.holders.size(), 2u);
+  EXPECT_EQ(a.holders[0].workload, "w2");
+  EXPECT_EQ(a.holders[1].workload, "w1");
+  EXPECT_EQ(a.holders[1].sm_ns, 5u);
+  EXPECT_EQ(a.holders[1].energy_mj, 60u);
+  EXPECT_FALSE(a.holders[1].holds_memory) << "it left: it holds nothing now";
+  EXPECT_EQ(newer.gpus[1].uuid, "GPU-B");
+  EXPECT_EQ(newer.gpus[1].energy_mj, 30u);
+}
+
+// A pid's workload is kept between passes while its process lives: once it has exited, its pid is not billed to
+// the workload it had (its share is unattributed), whatever the cache held.
+TEST(GpuPasses, AnExitedProcessIsNotBilledToTheWorkloadItsPidHad) {
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::pause();
+    ::_exit(0);
+  }
+  ASSERT_GT(child, 0);
+  const nlohmann::json gpu = {{"uuid", "GPU-A"},
+                              {"utilization_gpu", 50},
+                              {"processes", {{{"pid", child}, {"used_gpu_memory", 4096}}}},
+                              {"synthetic_samples", {{"count", 1}, {"sm", 50}}}};
+  Scenario scenario(nlohmann::json{{"gpus", {gpu}}});
+  auto nvml = open_fake();
+  ASSERT_NE(nvml, nullptr);
+  GpuPasses passes(*nvml, {}, FsRoot{}, IdentityRules{});
+  for (int i = 0; i < 3; ++i) {
+    const GpuPass pass = passes.next();
+    ASSERT_EQ(pass.gpus.at(0).holders.size(), 1u) << "pass " << i;
+    EXPECT_EQ(pass.gpus[0].holders[0].memory_bytes, 4096u);
+    EXPECT_TRUE(pass.identities.contains(pass.gpus[0].holders[0].workload));
+  }
+  ::kill(child, SIGKILL);
+  ASSERT_EQ(::waitpid(child, nullptr, 0), child);
+  const GpuPass after = passes.next();  // the driver still lists the pid (it lags): nobody is billed for it
+  EXPECT_TRUE(after.gpus.at(0).holders.empty());
+  EXPECT_GT(after.gpus[0].unattributed_sm_ns, 0u);
+  EXPECT_TRUE(after.identities.empty());
 }
 
 // The source's thread samples, accounts and wakes the event loop: this process, in its own cgroup, holds memory on
