@@ -7,6 +7,7 @@ std::string_view topic_of(FeedKind kind) {
     case FeedKind::heartbeat: return "heartbeat";
     case FeedKind::usage: return "usage";
     case FeedKind::topology: return "topology";
+    case FeedKind::event: return "event";
   }
   return "unknown";
 }
@@ -23,6 +24,7 @@ std::uint32_t body_field_of(FeedKind kind) {
     case FeedKind::heartbeat: return v1::Envelope::kHeartbeatFieldNumber;
     case FeedKind::usage: return v1::Envelope::kUsageFieldNumber;
     case FeedKind::topology: return v1::Envelope::kTopologyFieldNumber;
+    case FeedKind::event: return v1::Envelope::kEventFieldNumber;
   }
   return 0;
 }
@@ -32,6 +34,7 @@ std::optional<FeedKind> kind_of(const v1::Envelope& envelope) {
     case v1::Envelope::kHeartbeat: return FeedKind::heartbeat;
     case v1::Envelope::kUsage: return FeedKind::usage;
     case v1::Envelope::kTopology: return FeedKind::topology;
+    case v1::Envelope::kEvent: return FeedKind::event;
     case v1::Envelope::BODY_NOT_SET: break;
   }
   return std::nullopt;

@@ -11,8 +11,8 @@
 
 namespace tally::agent {
 
-enum class FeedKind { heartbeat, usage, topology };
-inline constexpr std::array kAllFeedKinds{FeedKind::heartbeat, FeedKind::usage, FeedKind::topology};
+enum class FeedKind { heartbeat, usage, topology, event };
+inline constexpr std::array kAllFeedKinds{FeedKind::heartbeat, FeedKind::usage, FeedKind::topology, FeedKind::event};
 
 std::string_view topic_of(FeedKind kind);
 std::optional<FeedKind> kind_from_topic(std::string_view topic);

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include <fmt/chrono.h>
+#include <fmt/ranges.h>
 #include <google/protobuf/reflection.h>
 #include <google/protobuf/util/json_util.h>
 
@@ -67,6 +68,29 @@ bool all_finite(const google::protobuf::Message& message) {
     }
   }
   return true;
+}
+
+std::string gpu_name(const v1::GpuRef& gpu) { return fmt::format("gpu={} ({})", gpu.index(), gpu.uuid()); }
+
+std::string format_event(const v1::Event& event) {
+  switch (event.body_case()) {
+    case v1::Event::kGpuIdle: {
+      const auto& e = event.gpu_idle();
+      return fmt::format("event GpuIdle {} idle={} threshold={}% window={}s holders=[{}]", gpu_name(e.gpu()), e.idle(),
+                         e.threshold_percent(), e.window_s(), fmt::join(e.holders(), ","));
+    }
+    case v1::Event::kGpuHeldUnused: {
+      const auto& e = event.gpu_held_unused();
+      return fmt::format("event GpuHeldUnused {} workloads=[{}]", gpu_name(e.gpu()), fmt::join(e.workloads(), ","));
+    }
+    case v1::Event::kGpuFailure: {
+      const auto& e = event.gpu_failure();
+      return fmt::format("event GpuFailure {} call={} error=\"{}\"{}", e.has_gpu() ? gpu_name(e.gpu()) : "node",
+                         e.call(), e.error(), e.lost() ? " lost" : "");
+    }
+    case v1::Event::BODY_NOT_SET: break;
+  }
+  return "event (unknown)";
 }
 
 }  // namespace
@@ -133,6 +157,7 @@ std::string format_text(const v1::Envelope& envelope) {
                           human_bytes(t.memory_bytes()));
       break;
     }
+    case v1::Envelope::kEvent: line += format_event(envelope.event()); break;
     case v1::Envelope::BODY_NOT_SET: line += "empty"; break;
   }
   return line;

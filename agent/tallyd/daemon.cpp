@@ -411,7 +411,11 @@ class Daemon {
     }
     gpu_ = std::move(*source);
     gpu_io_ = std::move(*io);
-    gpu_usage_ = std::make_unique<GpuUsageRecorder>(ledger_);
+    gpu_usage_ = std::make_unique<GpuUsageRecorder>(ledger_, options.idle, [this](const v1::Event& event) {
+      v1::Envelope envelope;
+      *envelope.mutable_event() = event;
+      publisher_->publish(envelope);
+    });
     const auto missing = gpu_->missing_optional();
     spdlog::info("GPU accounting on: NVML driver {}, every {} ms{}", gpu_->driver_version(), config_.gpu.interval_ms,
                  missing.empty() ? "" : fmt::format(" (without {})", fmt::join(missing, ", ")));

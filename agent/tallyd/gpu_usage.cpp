@@ -22,10 +22,17 @@ WorkloadIdentity gpu_identity(const GpuUsage& gpu) {
   return identity;
 }
 
+void fill_ref(const GpuUsage& gpu, v1::GpuRef& ref) {
+  ref.set_uuid(gpu.uuid);
+  ref.set_index(gpu.index);
+  ref.set_name(gpu.name);
+  ref.set_bus_id(gpu.bus_id);
+}
+
 }  // namespace
 
-GpuUsageRecorder::GpuUsageRecorder(ledger::Ledger& ledger, IdleHook on_idle)
-    : ledger_(ledger), on_idle_(std::move(on_idle)) {}
+GpuUsageRecorder::GpuUsageRecorder(ledger::Ledger& ledger, collectors::gpu::IdleOptions idle, EventSink on_event)
+    : ledger_(ledger), idle_(idle), on_event_(std::move(on_event)) {}
 
 ledger::CounterId GpuUsageRecorder::id(const std::string& name, Kind kind, bool gauge) {
   return ledger_.counter(name, ledger::Source::nvml, kind, gauge);
@@ -33,23 +40,67 @@ ledger::CounterId GpuUsageRecorder::id(const std::string& name, Kind kind, bool 
 
 void GpuUsageRecorder::record(const GpuPass& pass) {
   for (const auto& failure : pass.failures) {
-    if (reported_.insert({"node", failure.call, failure.error}).second) {
-      spdlog::warn("GPU accounting: {} failed: {}; retried every pass", failure.call, failure.error);
-    }
+    if (!reported_.insert({"node", failure.call, failure.error}).second) continue;
+    spdlog::warn("GPU accounting: {} failed: {}; retried every pass", failure.call, failure.error);
+    v1::Event event;
+    event.mutable_gpu_failure()->set_call(failure.call);
+    event.mutable_gpu_failure()->set_error(failure.error);
+    emit(event);
   }
   for (const GpuUsage& gpu : pass.gpus) record_gpu(gpu, pass);
 }
 
+void GpuUsageRecorder::emit(const v1::Event& event) {
+  if (on_event_) on_event_(event);
+}
+
 void GpuUsageRecorder::report_failures(const GpuUsage& gpu) {
   for (const auto& failure : gpu.failures) {
-    if (reported_.insert({gpu.uuid, failure.call, failure.error}).second) {
-      spdlog::warn("GPU {} ({}): {} failed: {}{}", gpu.index, gpu.uuid, failure.call, failure.error,
-                   gpu.lost ? "; its usage is not counted until it answers again, the other GPUs go on" : "");
-    }
+    if (!reported_.insert({gpu.uuid, failure.call, failure.error}).second) continue;
+    spdlog::warn("GPU {} ({}): {} failed: {}{}", gpu.index, gpu.uuid, failure.call, failure.error,
+                 gpu.lost ? "; its usage is not counted until it answers again, the other GPUs go on" : "");
+    v1::Event event;
+    v1::GpuFailure& e = *event.mutable_gpu_failure();
+    fill_ref(gpu, *e.mutable_gpu());
+    e.set_call(failure.call);
+    e.set_error(failure.error);
+    e.set_lost(gpu.lost);
+    emit(event);
   }
   if (gpu.lost || !gpu.failures.empty()) return;
   // Answering again: a later failure is worth a new line.
   std::erase_if(reported_, [&](const auto& r) { return std::get<0>(r) == gpu.uuid; });
+}
+
+void GpuUsageRecorder::report_idle(const GpuUsage& gpu, const std::set<std::string>& holders) {
+  if (gpu.idle_changed) {
+    if (gpu.idle) {
+      spdlog::warn("GpuIdle: GPU {} ({}) stayed under {} % for {} s; holding memory: {}", gpu.index, gpu.uuid,
+                   idle_.threshold_percent, idle_.window_ns / 1'000'000'000,
+                   holders.empty() ? "nobody" : fmt::format("{}", fmt::join(holders, ", ")));
+    } else {
+      spdlog::info("GpuIdle ended: GPU {} ({}) is busy again", gpu.index, gpu.uuid);
+    }
+    v1::Event event;
+    v1::GpuIdle& e = *event.mutable_gpu_idle();
+    fill_ref(gpu, *e.mutable_gpu());
+    e.set_idle(gpu.idle);
+    e.set_threshold_percent(idle_.threshold_percent);
+    e.set_window_s(idle_.window_ns / 1'000'000'000);
+    for (const auto& h : holders) e.add_holders(h);
+    emit(event);
+  }
+  if (gpu.idle_holders_changed) {
+    if (!gpu.idle_holders.empty()) {
+      spdlog::warn("GpuHeldUnused: on GPU {} ({}), {} hold memory and ran nothing for {} s", gpu.index, gpu.uuid,
+                   fmt::join(gpu.idle_holders, ", "), idle_.window_ns / 1'000'000'000);
+    }
+    v1::Event event;
+    v1::GpuHeldUnused& e = *event.mutable_gpu_held_unused();
+    fill_ref(gpu, *e.mutable_gpu());
+    for (const auto& w : gpu.idle_holders) e.add_workloads(w);
+    emit(event);
+  }
 }
 
 void GpuUsageRecorder::record_gpu(const GpuUsage& gpu, const GpuPass& pass) {
@@ -132,19 +183,7 @@ void GpuUsageRecorder::record_gpu(const GpuUsage& gpu, const GpuPass& pass) {
     peak = sum;
   }
 
-  if (gpu.idle_changed) {
-    if (gpu.idle) {
-      spdlog::warn("GpuIdle: GPU {} ({}) stayed under its idle threshold for the idle window; holding memory: {}",
-                   gpu.index, uuid, gpu.holders.empty() ? "nobody" : fmt::format("{}", fmt::join(still, ", ")));
-    } else {
-      spdlog::info("GpuIdle ended: GPU {} ({}) is busy again", gpu.index, uuid);
-    }
-  }
-  if (gpu.idle_holders_changed && !gpu.idle_holders.empty()) {
-    spdlog::warn("GpuHeldUnused: on GPU {} ({}), {} hold memory and ran nothing for the idle window", gpu.index, uuid,
-                 fmt::join(gpu.idle_holders, ", "));
-  }
-  if ((gpu.idle_changed || gpu.idle_holders_changed) && on_idle_) on_idle_(gpu);
+  report_idle(gpu, holding);  // the workloads holding memory on it now
 }
 
 }  // namespace tally::agent

@@ -7,6 +7,8 @@
 //  - Each GPU is a workload of kind "gpu" ("gpu:<uuid>") holding the device's own figures and the buckets that
 //    close the identity: sum of the workloads' gpu_energy_mj:<uuid> + gpu_idle_energy_mj + gpu_unattributed_energy_mj
 //    = the GPU's gpu_energy_mj, on every report.
+//  - What happens to a GPU is an event (tally.v1.Event) handed to the sink, once: it became idle or busy again, the
+//    workloads holding it unused changed, an NVML call started failing. Each is also a line in the journal.
 
 #include <functional>
 #include <map>
@@ -16,24 +18,27 @@
 
 #include "agent/ledger/ledger.hpp"
 #include "collectors/gpu/gpu_source.hpp"
+#include "tally/v1/event.pb.h"
 
 namespace tally::agent {
 
 class GpuUsageRecorder {
  public:
-  // Called when a GPU becomes idle or busy again, or its held-but-unused workloads change: where enforcement will
-  // attach its actions.
-  using IdleHook = std::function<void(const collectors::gpu::GpuUsage&)>;
-  explicit GpuUsageRecorder(ledger::Ledger& ledger, IdleHook on_idle = {});
+  // The feed publishes the events; enforcement will attach its actions to them (a GPU idle, held unused).
+  using EventSink = std::function<void(const v1::Event&)>;
+  GpuUsageRecorder(ledger::Ledger& ledger, collectors::gpu::IdleOptions idle, EventSink on_event = {});
   void record(const collectors::gpu::GpuPass& pass);
 
  private:
   void record_gpu(const collectors::gpu::GpuUsage& gpu, const collectors::gpu::GpuPass& pass);
   void report_failures(const collectors::gpu::GpuUsage& gpu);
+  void emit(const v1::Event& event);
+  void report_idle(const collectors::gpu::GpuUsage& gpu, const std::set<std::string>& holders);
   ledger::CounterId id(const std::string& name, ledger::Kind kind, bool gauge = false);
 
   ledger::Ledger& ledger_;
-  IdleHook on_idle_;
+  collectors::gpu::IdleOptions idle_;
+  EventSink on_event_;
   std::map<std::string, std::set<std::string>> holding_;       // per GPU: workloads with a live contributor
   std::map<std::string, std::map<std::string, std::uint64_t>> memory_;  // per GPU, per workload: held now
   std::map<std::string, std::uint64_t> peak_;                   // "uuid\nworkload" and "\nworkload": the maximum seen

@@ -131,6 +131,7 @@ TEST_F(TallydGpuTest, GpuTimeMemoryAndEnergyPerWorkloadMatchTheScenarioAndAreCon
   const auto endpoint = tallyd.wait_ready();
   ASSERT_TRUE(endpoint) << tallyd.process().stderr_text();
   FeedSubscriber feed(*endpoint, "usage");
+  FeedSubscriber events(*endpoint, "event");
   Totals totals;
   std::string broken;
   auto until = [&](auto&& done) {
@@ -183,6 +184,59 @@ TEST_F(TallydGpuTest, GpuTimeMemoryAndEnergyPerWorkloadMatchTheScenarioAndAreCon
   // The lost GPU is said once in the log, and the other GPU went on (above).
   const std::string log = tallyd.process().stderr_text();
   EXPECT_NE(log.find("GPU is lost"), std::string::npos) << log;
+  // ... and on the feed, once for each call that failed, naming the GPU.
+  std::map<std::string, int> failures;  // call -> events
+  while (auto m = events.receive(200ms)) {
+    const auto& e = m->envelope.event();
+    if (!e.has_gpu_failure()) continue;
+    EXPECT_EQ(e.gpu_failure().gpu().uuid(), "GPU-W");
+    EXPECT_EQ(e.gpu_failure().error(), "GPU is lost");
+    EXPECT_TRUE(e.gpu_failure().lost());
+    ++failures[e.gpu_failure().call()];
+  }
+  ASSERT_FALSE(failures.empty()) << "no GpuFailure event";
+  for (const auto& [call, n] : failures) EXPECT_EQ(n, 1) << call << " reported more than once";
+}
+
+// A GPU under the idle threshold for the window is idle: an event naming the workloads holding it, which are also
+// flagged as holding it unused; busy readings in a row end it.
+TEST_F(TallydGpuTest, AnIdleGpuIsAnEventNamingItsHoldersAndEndsWhenBusyAgain) {
+  const auto cgroup = parent_->make_child("gpu-idle");
+  CgroupProcess holder(cgroup, {"/bin/cat"});
+  const nlohmann::json gpu = {
+      {"uuid", "GPU-I"}, {"memory_total", 80 * kGiB}, {"utilization_gpu", 0}, {"energy_mj", 0},
+      {"processes", {{{"pid", static_cast<unsigned>(holder.pid())}, {"used_gpu_memory", kGiB}}}},
+      {"steps", {nlohmann::json::object(), {{"utilization_gpu", 100}}}}};
+  dir_.write("scenario.json", nlohmann::json{{"gpus", {gpu}}}.dump());
+  set_step(0);
+  TallydProcess tallyd(test_config(1000, 1000, "[topology]\nnvml_library = \"" FAKE_NVML_PATH "\"\n"
+                                               "[gpu]\ninterval_ms = 20\nidle_window_s = 1\nidle_min_samples = 3\n"
+                                               "[probes]\nenabled = false\n"),
+                       {}, {{"TALLY_FAKE_NVML_SCENARIO", (dir_ / "scenario.json").string()},
+                            {"TALLY_FAKE_NVML_STEP", (dir_ / "step").string()}});
+  const auto endpoint = tallyd.wait_ready();
+  ASSERT_TRUE(endpoint) << tallyd.process().stderr_text();
+  FeedSubscriber events(*endpoint, "event");
+  const std::string w = workload_id(cgroup);
+  const auto idle = events.receive_until([](const FeedMessage& m) { return m.envelope.event().has_gpu_idle(); }, 20s);
+  ASSERT_TRUE(idle) << tallyd.process().stderr_text();
+  const v1::GpuIdle& started = idle->envelope.event().gpu_idle();
+  EXPECT_TRUE(started.idle());
+  EXPECT_EQ(started.gpu().uuid(), "GPU-I");
+  EXPECT_EQ(started.window_s(), 1u);
+  EXPECT_EQ(std::vector<std::string>(started.holders().begin(), started.holders().end()), std::vector<std::string>{w});
+  const auto unused =
+      events.receive_until([](const FeedMessage& m) { return m.envelope.event().has_gpu_held_unused(); }, 20s);
+  ASSERT_TRUE(unused);
+  const auto& flagged = unused->envelope.event().gpu_held_unused().workloads();
+  EXPECT_EQ(std::vector<std::string>(flagged.begin(), flagged.end()), std::vector<std::string>{w});
+
+  set_step(1);
+  const auto ended = events.receive_until([](const FeedMessage& m) { return m.envelope.event().has_gpu_idle(); }, 20s);
+  ASSERT_TRUE(ended) << tallyd.process().stderr_text();
+  EXPECT_FALSE(ended->envelope.event().gpu_idle().idle());
+  const std::string log = tallyd.process().stderr_text();
+  EXPECT_NE(log.find("GpuIdle: GPU 0 (GPU-I)"), std::string::npos) << log;
 }
 
 }  // namespace
