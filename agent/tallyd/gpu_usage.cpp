@@ -146,10 +146,12 @@ void GpuUsageRecorder::record_gpu(const GpuUsage& gpu, const GpuPass& pass) {
       add(whole, "gpu_allocated_ns" + suffix, Kind::apportioned, h.allocated_ns);
       add(whole, "gpu_energy_mj" + suffix, energy_kind, h.energy_mj);
     }
+    // Held now, or (accounting mode) the most one of its processes ever held: the peak is at least that.
+    const std::uint64_t high = std::max(h.memory_bytes, h.peak_memory_bytes);
     std::uint64_t& peak = peak_[uuid + "\n" + h.workload];
-    if (h.memory_bytes > peak) {
-      add(whole, "gpu_memory_peak_bytes:" + uuid, Kind::measured, h.memory_bytes - peak);
-      peak = h.memory_bytes;
+    if (high > peak) {
+      add(whole, "gpu_memory_peak_bytes:" + uuid, Kind::measured, high - peak);
+      peak = high;
     }
     if (!h.holds_memory) continue;
     still.insert(h.workload);
@@ -164,7 +166,8 @@ void GpuUsageRecorder::record_gpu(const GpuUsage& gpu, const GpuPass& pass) {
     if (auto* c = ledger_.find_contributor("nvml:" + uuid + ":" + gone)) ledger_.retire(*c);
   }
   holding = std::move(still);
-  // The workload's peak over all GPUs: the largest sum of its memory seen at one time.
+  // The workload's peak over all GPUs: the largest sum of its memory seen at one time, and at least its peak on
+  // this GPU.
   auto& memory = memory_[uuid];
   memory.clear();
   for (const auto& h : gpu.holders) {
@@ -175,6 +178,7 @@ void GpuUsageRecorder::record_gpu(const GpuUsage& gpu, const GpuPass& pass) {
     for (const auto& [other_uuid, per_workload] : memory_) {
       if (auto it = per_workload.find(workload_id); it != per_workload.end()) sum += it->second;
     }
+    sum = std::max(sum, peak_[uuid + "\n" + workload_id]);
     std::uint64_t& peak = peak_["\n" + workload_id];
     if (sum <= peak) continue;
     if (auto* w = ledger_.find_workload(workload_id)) {

@@ -78,6 +78,7 @@ void GpuAccounting::account_whole(const GpuReading& gpu, GpuState& state, GpuUsa
     if (w.empty()) continue;  // gone since NVML listed it
     HolderUsage& h = holder(holders, w);
     h.memory_bytes += p.memory_bytes;
+    h.peak_memory_bytes = std::max(h.peak_memory_bytes, p.peak_memory_bytes);
     h.holds_memory = true;
   }
   for (auto& [w, h] : holders) h.allocated_ns = usage.elapsed_ns;

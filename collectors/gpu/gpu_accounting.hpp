@@ -39,6 +39,8 @@ struct HolderUsage {
   std::uint64_t allocated_ns = 0;  // apportioned: the share of the GPU it held x the pass's time
   std::uint64_t energy_mj = 0;     // apportioned (whole GPU, by SM time) or estimated (MIG, by slice share)
   std::uint64_t memory_bytes = 0;  // held now
+  // The most one of its processes held in its life, where the driver keeps accounting stats (0: not known).
+  std::uint64_t peak_memory_bytes = 0;
   bool holds_memory = false;
 };
 

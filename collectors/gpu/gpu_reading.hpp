@@ -16,6 +16,9 @@ namespace tally::collectors::gpu {
 struct ProcessOnGpu {
   pid_t pid = 0;
   std::uint64_t memory_bytes = 0;  // NVML's usedGpuMemory (0 where the driver does not say)
+  // Where accounting mode is on (nvmlDeviceGetAccountingStats): the most it has held in its life, which sees the
+  // spikes between two passes. 0: not known.
+  std::uint64_t peak_memory_bytes = 0;
 };
 
 // nvmlDeviceGetProcessUtilization: SM utilization of one process over the driver's sample period ending at

@@ -26,7 +26,7 @@ void merge_process(std::vector<ProcessOnGpu>& out, pid_t pid, std::uint64_t memo
       return;
     }
   }
-  out.push_back({pid, memory});
+  out.push_back({pid, memory, 0});
 }
 
 }  // namespace
@@ -121,7 +121,25 @@ void GpuSampler::read_gpu(nvmlDevice_t device, GpuReading& gpu, std::uint64_t no
     }
   }
   gpu.processes = read_processes(device, gpu);
+  read_accounting(device, gpu);
   read_samples(device, gpu, now_us);
+}
+
+void GpuSampler::read_accounting(nvmlDevice_t device, GpuReading& gpu) {
+  if (api_.nvmlDeviceGetAccountingMode == nullptr || api_.nvmlDeviceGetAccountingStats == nullptr) return;
+  nvmlEnableState_t mode = NVML_FEATURE_DISABLED;
+  if (!check(api_.nvmlDeviceGetAccountingMode(device, &mode), "nvmlDeviceGetAccountingMode", gpu) ||
+      mode != NVML_FEATURE_ENABLED) {
+    return;
+  }
+  for (ProcessOnGpu& p : gpu.processes) {
+    nvmlAccountingStats_t stats{};
+    // NOT_FOUND: the driver has no record of it (started before accounting was turned on, or its buffer rolled).
+    if (check(api_.nvmlDeviceGetAccountingStats(device, static_cast<unsigned>(p.pid), &stats),
+              "nvmlDeviceGetAccountingStats", gpu)) {
+      p.peak_memory_bytes = stats.maxMemoryUsage;
+    }
+  }
 }
 
 void GpuSampler::read_slices(nvmlDevice_t device, GpuReading& gpu) {

@@ -31,6 +31,7 @@ class GpuSampler {
   void read_gpu(nvmlDevice_t device, GpuReading& gpu, std::uint64_t now_us);
   void read_slices(nvmlDevice_t device, GpuReading& gpu);
   void read_samples(nvmlDevice_t device, GpuReading& gpu, std::uint64_t now_us);
+  void read_accounting(nvmlDevice_t device, GpuReading& gpu);
   // The processes on `device` (a GPU or a MIG device): compute, graphics and MPS clients, one entry per pid.
   std::vector<ProcessOnGpu> read_processes(nvmlDevice_t device, GpuReading& gpu);
   bool read_detail_list(nvmlDevice_t device, unsigned mode, std::vector<ProcessOnGpu>& out, GpuReading& gpu);

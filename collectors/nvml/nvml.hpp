@@ -50,7 +50,9 @@ enum NvmlUse : unsigned { kNvmlRequired = 0, kNvmlTopology = 1, kNvmlAccounting 
   X(nvmlDeviceGetProcessUtilization, kNvmlAccounting)                 \
   X(nvmlDeviceGetUtilizationRates, kNvmlAccounting)                   \
   X(nvmlDeviceGetTotalEnergyConsumption, kNvmlAccounting)             \
-  X(nvmlDeviceGetPowerUsage, kNvmlAccounting)
+  X(nvmlDeviceGetPowerUsage, kNvmlAccounting)                         \
+  X(nvmlDeviceGetAccountingMode, kNvmlAccounting)                     \
+  X(nvmlDeviceGetAccountingStats, kNvmlAccounting)
 
 struct NvmlFunctions {
 #define TALLY_NVML_MEMBER(name, use) decltype(&::name) name = nullptr;

@@ -125,6 +125,17 @@ typedef struct nvmlProcessUtilizationSample_st {
   unsigned int decUtil;
 } nvmlProcessUtilizationSample_t;
 
+/* nvmlDeviceGetAccountingStats: a process's lifetime figures, kept by the driver while accounting mode is on. */
+typedef struct nvmlAccountingStats_st {
+  unsigned int gpuUtilization;
+  unsigned int memoryUtilization;
+  unsigned long long maxMemoryUsage; /* bytes */
+  unsigned long long time;           /* ms of context time */
+  unsigned long long startTime;      /* CPU timestamp, us */
+  unsigned int isRunning;
+  unsigned int reserved[5];
+} nvmlAccountingStats_t;
+
 /* nvmlDeviceGetUtilizationRates: percent of the past sample period (1/6 s to 1 s, by product). */
 typedef struct nvmlUtilization_st {
   unsigned int gpu;
@@ -192,6 +203,8 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device, nvmlProcessUti
 nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_t* utilization);
 nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned long long* energy);
 nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int* power);
+nvmlReturn_t nvmlDeviceGetAccountingMode(nvmlDevice_t device, nvmlEnableState_t* mode);
+nvmlReturn_t nvmlDeviceGetAccountingStats(nvmlDevice_t device, unsigned int pid, nvmlAccountingStats_t* stats);
 
 #ifdef __cplusplus
 }  /* extern "C" */
@@ -207,6 +220,7 @@ static_assert(nvmlProcessDetailList_v1 == (sizeof(nvmlProcessDetailList_v1_t) | 
               "nvmlProcessDetailList_v1 is NVML_STRUCT_VERSION(ProcessDetailList, 1)");
 static_assert(sizeof(nvmlProcessUtilizationSample_t) == 32, "nvmlProcessUtilizationSample_t: pid, pad, u64, 4 x u32");
 static_assert(sizeof(nvmlUtilization_t) == 8, "nvmlUtilization_t: two unsigned int");
+static_assert(sizeof(nvmlAccountingStats_t) == 56, "nvmlAccountingStats_t: 2 x u32, 3 x u64, 6 x u32");
 static_assert(sizeof(nvmlEnableState_t) == 4 && sizeof(nvmlIntNvLinkDeviceType_t) == 4, "enums are int-sized");
 #endif
 

@@ -536,3 +536,30 @@ FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsig
   *power = gpu_config(device)["power_mw"].get<unsigned>();
   return NVML_SUCCESS;
 }
+
+// "accounting_mode": true turns accounting on; a process's "max_memory" is its lifetime maximum (default: what it
+// holds now). Not on MIG devices, as on the real driver.
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetAccountingMode(nvmlDevice_t device, nvmlEnableState_t* mode) {
+  FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetAccountingMode");
+  if (mode == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  if (device->mig >= 0) return NVML_ERROR_NOT_SUPPORTED;
+  *mode = gpu_config(device).value("accounting_mode", false) ? NVML_FEATURE_ENABLED : NVML_FEATURE_DISABLED;
+  return NVML_SUCCESS;
+}
+
+FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetAccountingStats(nvmlDevice_t device, unsigned int pid,
+                                                           nvmlAccountingStats_t* stats) {
+  FAKE_NVML_CHECK_DEVICE(device, "nvmlDeviceGetAccountingStats");
+  if (stats == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  if (device->mig >= 0 || !gpu_config(device).value("accounting_mode", false)) return NVML_ERROR_NOT_SUPPORTED;
+  for (const char* list : {"processes", "graphics_processes", "mps_processes"}) {
+    for (const auto& process : processes(device, list)) {
+      if (process.value("pid", 0u) != pid) continue;
+      *stats = {};
+      stats->maxMemoryUsage = process.value("max_memory", process.value("used_gpu_memory", 0ull));
+      stats->isRunning = 1;
+      return NVML_SUCCESS;
+    }
+  }
+  return NVML_ERROR_NOT_FOUND;
+}

@@ -97,7 +97,10 @@ TEST_F(TallydGpuTest, GpuTimeMemoryAndEnergyPerWorkloadMatchTheScenarioAndAreCon
   nlohmann::json whole = {
       {"uuid", "GPU-W"}, {"bus_id", "00000000:34:00.0"}, {"memory_total", 80 * kGiB},
       {"energy_mj", 1'000'000}, {"utilization_gpu", 50}, {"power_mw", 300'000},
-      {"processes", {{{"pid", pa}, {"used_gpu_memory", 1 * kGiB}}, {{"pid", pb}, {"used_gpu_memory", 2 * kGiB}}}},
+      {"accounting_mode", true},  // a's lifetime peak, 3 GiB, is the driver's: no pass saw it
+      {"processes",
+       {{{"pid", pa}, {"used_gpu_memory", 1 * kGiB}, {"max_memory", 3 * kGiB}},
+        {{"pid", pb}, {"used_gpu_memory", 2 * kGiB}}}},
       {"steps",
        {nlohmann::json::object(),
         {{"energy_mj", 1'010'000},
@@ -173,7 +176,9 @@ TEST_F(TallydGpuTest, GpuTimeMemoryAndEnergyPerWorkloadMatchTheScenarioAndAreCon
   EXPECT_EQ(total(wb, "gpu_energy_mj:GPU-W/VALUE_KIND_APPORTIONED"), 1'250u + 10'000u);
   EXPECT_EQ(total("gpu:GPU-W", "gpu_idle_energy_mj/VALUE_KIND_APPORTIONED"), 5'000u);
   EXPECT_EQ(total(wa, "gauge:gpu_memory_bytes"), 1 * kGiB);
-  EXPECT_EQ(total(wa, "gpu_memory_peak_bytes/VALUE_KIND_MEASURED"), 1 * kGiB);
+  EXPECT_EQ(total(wa, "gpu_memory_peak_bytes/VALUE_KIND_MEASURED"), 3 * kGiB);
+  EXPECT_EQ(total(wa, "gpu_memory_peak_bytes:GPU-W/VALUE_KIND_MEASURED"), 3 * kGiB);
+  EXPECT_EQ(total(wb, "gpu_memory_peak_bytes/VALUE_KIND_MEASURED"), 2 * kGiB);
   EXPECT_GT(total(wa, "gpu_allocated_ns:GPU-W/VALUE_KIND_APPORTIONED"), 0u);
   // MIG: c holds half the GPU: half of its 60 J, estimated; the empty slice's and the rest are idle.
   EXPECT_EQ(total(wc, "gpu_energy_mj:GPU-M/VALUE_KIND_ESTIMATED"), 30'000u);

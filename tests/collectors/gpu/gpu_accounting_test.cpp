@@ -89,13 +89,14 @@ TEST(GpuAccounting, SamplesOfOnePeriodAreScaledToTheDevicesUtilization) {
 TEST(GpuAccounting, EnergySplitsIntoBusySharedBySmTimeAndIdle) {
   Node node;
   node.pass(whole(10'000, 40));
-  const auto u = node.pass(whole(20'000, 40, {{10, 1'000'000, 30}, {20, 1'000'000, 10}}, {{10, 1 << 20}}))[0];
+  const auto u = node.pass(whole(20'000, 40, {{10, 1'000'000, 30}, {20, 1'000'000, 10}}, {{10, 1 << 20, 5 << 20}}))[0];
   EXPECT_EQ(u.energy_mj, 10'000u);
   EXPECT_EQ(u.idle_energy_mj, 6'000u);                  // 60 % idle
   EXPECT_EQ(holder(u, "a")->energy_mj, 3'000u);         // 4,000 busy shared 3:1
   EXPECT_EQ(holder(u, "b")->energy_mj, 1'000u);
   EXPECT_EQ(u.unattributed_energy_mj, 0u);
   EXPECT_EQ(holder(u, "a")->memory_bytes, 1u << 20);
+  EXPECT_EQ(holder(u, "a")->peak_memory_bytes, 5u << 20) << "the driver's accounting stats, where it keeps them";
   EXPECT_EQ(holder(u, "a")->allocated_ns, static_cast<std::uint64_t>(kSecond));
   EXPECT_EQ(holder(u, "b")->allocated_ns, 0u);  // ran, held no memory the driver listed
 }
@@ -131,7 +132,7 @@ TEST(GpuAccounting, EveryPassIsConservedWhateverTheReadings) {
       if (random() % 2) samples.push_back({pid, timestamp, static_cast<std::uint32_t>(random() % 101)});
     }
     const auto utilization = static_cast<std::uint32_t>(random() % 101);
-    const auto u = node.pass(whole(energy, utilization, samples, {{10, 5}, {30, 7}}),
+    const auto u = node.pass(whole(energy, utilization, samples, {{10, 5, 0}, {30, 7, 0}}),
                              static_cast<std::int64_t>(1 + random() % kSecond))[0];
     ASSERT_EQ(energy_sum(u), u.energy_mj) << "pass " << i;
     std::uint64_t sm = u.unattributed_sm_ns;
@@ -147,7 +148,7 @@ TEST(GpuAccounting, MigSlicesAreAllocatedByTheirShareAndEmptySlicesEnergyIsIdle)
   gpu.mig = true;
   gpu.memory_total = 80;
   gpu.energy_mj = 1000;
-  gpu.slices = {{"MIG-1", 1, 0, 40, {{10, 5}, {20, 6}}}, {"MIG-2", 2, 0, 20, {{11, 7}}}, {"MIG-3", 3, 0, 20, {}}};
+  gpu.slices = {{"MIG-1", 1, 0, 40, {{10, 5, 0}, {20, 6, 0}}}, {"MIG-2", 2, 0, 20, {{11, 7, 0}}}, {"MIG-3", 3, 0, 20, {}}};
   node.pass(gpu);
   gpu.energy_mj = 9000;
   const auto u = node.pass(gpu, 4 * kSecond)[0];
@@ -164,12 +165,12 @@ TEST(GpuAccounting, MigSlicesAreAllocatedByTheirShareAndEmptySlicesEnergyIsIdle)
 
 TEST(GpuAccounting, ALostGpuCountsNothingAndItsReturnDoesNotCountTheGap) {
   Node node;
-  node.pass(whole(100, 50, {}, {{10, 1}}));
+  node.pass(whole(100, 50, {}, {{10, 1, 0}}));
   GpuReading lost;
   lost.uuid = "GPU-0";
   lost.lost = true;
   EXPECT_TRUE(node.pass(lost)[0].lost);
-  const auto u = node.pass(whole(400, 50, {}, {{10, 1}}))[0];
+  const auto u = node.pass(whole(400, 50, {}, {{10, 1, 0}}))[0];
   EXPECT_EQ(u.elapsed_ns, 0u);  // the time it was lost was not observed
   EXPECT_EQ(u.energy_mj, 300u);  // the counter kept counting: its difference is real energy
 }
@@ -178,7 +179,7 @@ TEST(GpuAccounting, IdleNeedsTheWholeWindowAndEndsOnlyAfterBusyReadingsInARow) {
   Node node;  // window 5 s, 3 readings, 2 busy readings in a row end it
   std::vector<bool> idle;
   for (std::uint32_t utilization : {5, 5, 5, 5, 5, 5, 90, 5, 90, 90, 5}) {
-    idle.push_back(node.pass(whole(0, utilization, {}, {{10, 1}}))[0].idle);
+    idle.push_back(node.pass(whole(0, utilization, {}, {{10, 1, 0}}))[0].idle);
   }
   EXPECT_EQ(idle, (std::vector<bool>{false, false, false, false, false, true, true, true, true, false, false}));
 }
@@ -187,10 +188,10 @@ TEST(GpuAccounting, AWorkloadHoldingMemoryWithoutRunningIsFlaggedAfterTheWindow)
   Node node;
   GpuUsage u;
   for (int i = 0; i < 7; ++i) {
-    u = node.pass(whole(0, 50, {{20, static_cast<std::uint64_t>(1'000'000 * (i + 1)), 50}}, {{10, 1}, {20, 1}}))[0];
+    u = node.pass(whole(0, 50, {{20, static_cast<std::uint64_t>(1'000'000 * (i + 1)), 50}}, {{10, 1, 0}, {20, 1, 0}}))[0];
   }
   EXPECT_EQ(u.idle_holders, std::vector<std::string>{"a"});
-  u = node.pass(whole(0, 50, {{10, 9'000'000, 5}}, {{10, 1}, {20, 1}}))[0];
+  u = node.pass(whole(0, 50, {{10, 9'000'000, 5}}, {{10, 1, 0}, {20, 1, 0}}))[0];
   EXPECT_TRUE(u.idle_holders.empty());
   EXPECT_TRUE(u.idle_holders_changed);
 }

@@ -103,6 +103,25 @@ TEST(GpuSampler, ADriverWithoutTheDetailListIsReadThroughTheV3Calls) {
   EXPECT_EQ(sampler.process_listing(), GpuSampler::ProcessListing::v3_24);
 }
 
+TEST(GpuSampler, ReadsEachProcesssLifetimePeakWhereAccountingModeIsOn) {
+  nlohmann::json processes = three_processes();
+  processes[1]["max_memory"] = 9000;
+  const nlohmann::json on = {{"uuid", "GPU-A"}, {"accounting_mode", true}, {"processes", processes}};
+  const nlohmann::json off = {{"uuid", "GPU-B"}, {"processes", processes}};
+  Scenario scenario(nlohmann::json{{"gpus", {on, off}}});
+  auto nvml = open_fake();
+  ASSERT_NE(nvml, nullptr);
+  GpuSampler sampler(*nvml);
+  const NodeReading reading = sampler.sample();
+  ASSERT_EQ(reading.gpus.size(), 2u);
+  std::vector<std::uint64_t> peaks_on, peaks_off;
+  for (const auto& p : reading.gpus[0].processes) peaks_on.push_back(p.peak_memory_bytes);
+  for (const auto& p : reading.gpus[1].processes) peaks_off.push_back(p.peak_memory_bytes);
+  EXPECT_EQ(peaks_on, (std::vector<std::uint64_t>{1000, 9000, 3000}));
+  EXPECT_EQ(peaks_off, (std::vector<std::uint64_t>{0, 0, 0})) << "accounting mode off: not known";
+  EXPECT_TRUE(reading.gpus[1].failures.empty()) << "off is not a failure";
+}
+
 TEST(GpuSampler, ASampleIsTakenOnceAndALostGpuKeepsItsNameWhileTheOthersGoOn) {
   const nlohmann::json a = {{"uuid", "GPU-A"},
                             {"utilization_gpu", 40},
