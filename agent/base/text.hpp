@@ -2,6 +2,7 @@
 // Text that came from someone else (a client's display name, a segment header, a sysfs file): made safe to log and
 // publish, or trimmed to what it says.
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -21,5 +22,8 @@ std::string escape_bytes(std::string_view text);
 
 // `text` without leading and trailing spaces, tabs and line ends (sysfs and /proc values end in a newline).
 std::string_view trim(std::string_view text);
+
+// A size for people, in binary units with one decimal: "0.0B", "512.0B", "1.5KiB", "80.0GiB".
+std::string human_bytes(std::uint64_t bytes);
 
 }  // namespace tally

@@ -8,21 +8,12 @@
 #include <google/protobuf/reflection.h>
 #include <google/protobuf/util/json_util.h>
 
+#include "agent/base/text.hpp"
+
 namespace tally::agent {
 namespace {
 
 std::string short_id(const std::string& id) { return id.substr(0, 8); }
-
-std::string human_bytes(std::uint64_t bytes) {
-  constexpr const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double value = static_cast<double>(bytes);
-  std::size_t unit = 0;
-  while (value >= 1024.0 && unit + 1 < std::size(units)) {
-    value /= 1024.0;
-    ++unit;
-  }
-  return fmt::format("{:.1f}{}", value, units[unit]);
-}
 
 std::string_view notice_name(FeedNotice::Type type) {
   switch (type) {

@@ -43,7 +43,7 @@ std::string render(const std::string& node_id, const UsageView& view, std::size_
         "{:>3} {:<44} {:<24} {:>5} {:>7.1f} {:>17} {:>11} {:>11} {:>9} {}\n", attribute(w, "index"), uuid.substr(0, 44),
         attribute(w, "name").substr(0, 24), util == w.gauges().end() ? "-" : fmt::format("{}%", util->second),
         static_cast<double>(gauge(w, "gpu_power_mw")) / 1e3,
-        human_bytes(gauge(w, "gpu_memory_used_bytes")) + "/" + human_bytes(gauge(w, "gpu_memory_total_bytes")),
+        human_size(gauge(w, "gpu_memory_used_bytes")) + "/" + human_size(gauge(w, "gpu_memory_total_bytes")),
         joules(total(g->totals, "gpu_energy_mj", v1::VALUE_SOURCE_NVML)),
         joules(total(g->totals, "gpu_idle_energy_mj", v1::VALUE_SOURCE_NVML)),
         joules(total(g->totals, "gpu_unattributed_energy_mj", v1::VALUE_SOURCE_NVML)), state);
@@ -55,7 +55,7 @@ std::string render(const std::string& node_id, const UsageView& view, std::size_
       if (memory == 0 && sm == 0) continue;
       if (++shown > limit) break;
       out += fmt::format("    {:<60} memory {:>9}  SM {:>5.2f}  energy {:>11} J{}\n", id.substr(0, 60),
-                         human_bytes(memory), sm,
+                         human_size(memory), sm,
                          joules(total(holder.totals, "gpu_energy_mj:" + uuid, v1::VALUE_SOURCE_NVML)),
                          gauge(holder.last, "gpu_held_unused:" + uuid) ? "  HELD UNUSED" : "");
     }

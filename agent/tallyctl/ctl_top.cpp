@@ -97,7 +97,7 @@ std::string render(const std::string& node_id, const UsageView& view, std::size_
     out += fmt::format(
         "{:<40} {:<16} {:>8.1f} {:>10.0f} {:>7.2f} {:>7.2f} {:>8} {:>7.1f} {:>9} {:>9} {:>9} {:>7.1f}% {:>8} {:>7} {:>7} "
         "{:>7} {:>7} {:>7} {}\n",
-        r.id.substr(0, 40), r.name.substr(0, 16), r.requests, r.tokens, r.gpu_s, r.sm_s, human_bytes(r.gpu_memory),
+        r.id.substr(0, 40), r.name.substr(0, 16), r.requests, r.tokens, r.gpu_s, r.sm_s, human_size(r.gpu_memory),
         r.watts, human_ns(r.ttft.quantile(0.5)), human_ns(r.ttft.quantile(0.99)), human_ns(r.duration.quantile(0.99)),
         r.tokens_hist.top_share(0.01) * 100.0, r.dropped, human_rate(r.io_read), human_rate(r.io_write),
         human_rate(r.net_rx), human_rate(r.net_tx), r.gpu_opens, r.state);

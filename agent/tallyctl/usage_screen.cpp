@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "agent/base/text.hpp"
 #include "agent/feed/endpoint.hpp"
 #include "agent/feed/subscription.hpp"
 #include "agent/feed/watch.hpp"
@@ -52,14 +53,7 @@ std::string human_rate(double per_second) {
   return fmt::format("{:.2f}G", per_second / 1e9);
 }
 
-std::string human_bytes(std::uint64_t bytes) {
-  if (bytes == 0) return "-";
-  const double b = static_cast<double>(bytes);
-  if (bytes < (1u << 10)) return fmt::format("{}B", bytes);
-  if (bytes < (1u << 20)) return fmt::format("{:.1f}KiB", b / (1 << 10));
-  if (bytes < (1u << 30)) return fmt::format("{:.1f}MiB", b / (1 << 20));
-  return fmt::format("{:.1f}GiB", b / (1 << 30));
-}
+std::string human_size(std::uint64_t bytes) { return bytes == 0 ? "-" : human_bytes(bytes); }
 
 namespace {
 

@@ -29,7 +29,7 @@ int run_usage_screen(const char* command, const ScreenOptions& options, const Re
 
 std::string human_ns(double ns);              // "-", "12ns", "3.4us", "5.6ms", "7.89s"
 std::string human_rate(double per_second);    // "-", "512B", "1.5K", "2.3M", "4.56G"
-std::string human_bytes(std::uint64_t bytes); // "-", "512B", "1.5KiB", "2.0GiB"
+std::string human_size(std::uint64_t bytes);  // "-" for 0, else human_bytes(): "512.0B", "1.5KiB", "2.0GiB"
 
 // Per second over the last report's interval: what moved in it (a counter the report did not carry did not move).
 // Both sum the counter's kinds.

@@ -45,5 +45,13 @@ TEST(Text, EscapedBytesArePrintableUtf8AndDistinct) {
   EXPECT_EQ(outputs.size(), inputs);
 }
 
+TEST(HumanBytes, BinaryUnitsWithOneDecimal) {
+  EXPECT_EQ(human_bytes(0), "0.0B");
+  EXPECT_EQ(human_bytes(512), "512.0B");
+  EXPECT_EQ(human_bytes(1536), "1.5KiB");
+  EXPECT_EQ(human_bytes(80ULL << 30), "80.0GiB");
+  EXPECT_EQ(human_bytes(UINT64_MAX), "16384.0PiB");
+}
+
 }  // namespace
 }  // namespace tally
