@@ -39,6 +39,8 @@ ledger::CounterId GpuUsageRecorder::id(const std::string& name, Kind kind, bool 
 }
 
 void GpuUsageRecorder::record(const GpuPass& pass) {
+  // The node answering again (the device count read): a later failure is worth a new report.
+  if (pass.failures.empty()) std::erase_if(reported_, [](const auto& r) { return std::get<0>(r) == "node"; });
   for (const auto& failure : pass.failures) {
     if (!reported_.insert({"node", failure.call, failure.error}).second) continue;
     spdlog::warn("GPU accounting: {} failed: {}; retried every pass", failure.call, failure.error);
