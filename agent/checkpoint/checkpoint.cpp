@@ -23,7 +23,7 @@ constexpr std::uint32_t kCheckpointVersion = 3;  // 1 was metering.json; 2 kept 
 
 namespace field {
 // LedgerCheckpoint
-constexpr std::uint32_t kVersion = 1, kWrittenUnixNs = 2, kWorkloads = 3, kRetired = 5;
+constexpr std::uint32_t kVersion = 1, kWrittenUnixNs = 2, kWorkloads = 3, kRetired = 5, kCursors = 6;
 // CheckpointWorkload
 constexpr std::uint32_t kId = 1, kKind = 2, kCgroupPath = 3, kAttributes = 4, kNames = 5, kExitedUnixNs = 6,
                         kLabelSets = 7, kContributors = 8;
@@ -65,6 +65,12 @@ std::string CheckpointEncoder::encode(const ledger::Ledger& ledger, std::uint64_
     out += cached.bytes;
   }
   for (const auto& key : ledger.retired()) wire::put_string(out, field::kRetired, key);
+  for (const auto& [key, value] : ledger.cursors()) {
+    const std::size_t entry = wire::begin_message(out, field::kCursors);
+    wire::put_string(out, field::kMapKey, key);
+    wire::put_uint(out, field::kMapValue, value);
+    wire::end_message(out, entry);
+  }
   return out;
 }
 
@@ -186,6 +192,7 @@ Result<void> restore_checkpoint(ledger::Ledger& ledger, std::string_view bytes, 
     }
   }
   for (const auto& key : checkpoint.retired_contributors()) ledger.restore_retired(key);
+  for (const auto& [key, value] : checkpoint.cursors()) ledger.set_cursor(key, value);
   return {};
 }
 

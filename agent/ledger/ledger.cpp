@@ -336,4 +336,11 @@ void Ledger::restore_cell(Contributor& contributor, LabelSet& label_set, std::ui
   contributors_changed(*contributor.workload_);
 }
 
+void Ledger::set_cursor(const std::string& key, std::uint64_t value) {
+  auto [it, fresh] = cursors_.try_emplace(key, value);
+  if (!fresh && it->second == value) return;
+  it->second = value;
+  ++generation_;
+}
+
 }  // namespace tally::ledger

@@ -214,6 +214,13 @@ class Ledger {
   std::uint32_t label_set_slots() const { return label_set_slots_.bound(); }
   std::uint32_t workload_slots() const { return workload_slots_.bound(); }
 
+  // --- Source cursors ---
+  // Where a source stands in a stream it reads again after a restart (NVML: the newest utilization sample taken and
+  // the energy counter's reading, per GPU), saved in the checkpoint with the totals they led to, so that a restart
+  // neither skips nor repeats. Keys name the source, e.g. "nvml:GPU-…:sample_us".
+  void set_cursor(const std::string& key, std::uint64_t value);
+  const std::map<std::string, std::uint64_t, std::less<>>& cursors() const { return cursors_; }
+
   // --- Restoring (the checkpoint) ---
   Workload& restore_workload(const WorkloadIdentity& identity, std::set<std::string> names,
                              std::uint64_t exited_unix_ns);
@@ -239,6 +246,7 @@ class Ledger {
   std::unordered_map<std::string, std::unique_ptr<Workload>> workloads_;
   std::unordered_map<std::string, std::unique_ptr<Contributor>> contributors_;
   std::set<std::string> retired_;
+  std::map<std::string, std::uint64_t, std::less<>> cursors_;
   std::vector<Workload*> changed_;
   // Dense indexes for live objects, recycled.
   class Slots {

@@ -396,6 +396,7 @@ class Daemon {
     options.idle.window_ns = std::uint64_t{config_.gpu.idle_window_s} * 1'000'000'000ULL;
     options.idle.min_samples = config_.gpu.idle_min_samples;
     options.identity_rules = config_.identity;
+    options.resume = GpuUsageRecorder::resume_points(ledger_);  // where the previous agent stood
     auto source = collectors::gpu::GpuSource::start(options);
     if (!source) {
       // The default library is looked for quietly: most nodes have no NVIDIA GPU.

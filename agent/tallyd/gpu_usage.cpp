@@ -11,6 +11,10 @@ using collectors::gpu::GpuPass;
 using collectors::gpu::GpuUsage;
 using ledger::Kind;
 
+// Ledger cursors: "nvml:<uuid>:sample_us", "nvml:<uuid>:energy_mj".
+const std::string kCursorPrefix = "nvml:";
+const std::string kSampleCursor = ":sample_us", kEnergyCursor = ":energy_mj";
+
 WorkloadIdentity gpu_identity(const GpuUsage& gpu) {
   WorkloadIdentity identity;
   identity.kind = WorkloadKind::gpu;
@@ -33,6 +37,21 @@ void fill_ref(const GpuUsage& gpu, v1::GpuRef& ref) {
 
 GpuUsageRecorder::GpuUsageRecorder(ledger::Ledger& ledger, collectors::gpu::IdleOptions idle, EventSink on_event)
     : ledger_(ledger), idle_(idle), on_event_(std::move(on_event)) {}
+
+std::map<std::string, std::pair<std::optional<std::uint64_t>, std::optional<std::uint64_t>>>
+GpuUsageRecorder::resume_points(const ledger::Ledger& ledger) {
+  std::map<std::string, std::pair<std::optional<std::uint64_t>, std::optional<std::uint64_t>>> points;
+  for (const auto& [key, value] : ledger.cursors()) {
+    if (!key.starts_with(kCursorPrefix)) continue;
+    const std::string_view rest = std::string_view(key).substr(kCursorPrefix.size());
+    if (rest.ends_with(kSampleCursor)) {
+      points[std::string(rest.substr(0, rest.size() - kSampleCursor.size()))].first = value;
+    } else if (rest.ends_with(kEnergyCursor)) {
+      points[std::string(rest.substr(0, rest.size() - kEnergyCursor.size()))].second = value;
+    }
+  }
+  return points;
+}
 
 ledger::CounterId GpuUsageRecorder::id(const std::string& name, Kind kind, bool gauge) {
   return ledger_.counter(name, ledger::Source::nvml, kind, gauge);
@@ -116,6 +135,9 @@ void GpuUsageRecorder::record_gpu(const GpuUsage& gpu, const GpuPass& pass) {
   };
   level("gpu_lost", gpu.lost ? 1 : 0);
   if (gpu.lost) return;
+  // Where this pass left off, saved with the totals it led to (the checkpoint), for the next agent.
+  ledger_.set_cursor(kCursorPrefix + uuid + kSampleCursor, gpu.last_sample_us);
+  if (gpu.energy_counter_mj) ledger_.set_cursor(kCursorPrefix + uuid + kEnergyCursor, *gpu.energy_counter_mj);
   auto add = [&](ledger::LabelSet& set, const std::string& name, Kind kind, std::uint64_t amount) {
     if (amount > 0) ledger_.add(set, id(name, kind), amount);
   };

@@ -12,6 +12,7 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <tuple>
@@ -28,6 +29,10 @@ class GpuUsageRecorder {
   using EventSink = std::function<void(const v1::Event&)>;
   GpuUsageRecorder(ledger::Ledger& ledger, collectors::gpu::IdleOptions idle, EventSink on_event = {});
   void record(const collectors::gpu::GpuPass& pass);
+  // Where the previous agent stood on each GPU, from the ledger's cursors (restored from the checkpoint): the newest
+  // utilization sample it took and the energy counter it last read, for GpuSource::Options::resume.
+  static std::map<std::string, std::pair<std::optional<std::uint64_t>, std::optional<std::uint64_t>>> resume_points(
+      const ledger::Ledger& ledger);
 
  private:
   void record_gpu(const collectors::gpu::GpuUsage& gpu, const collectors::gpu::GpuPass& pass);

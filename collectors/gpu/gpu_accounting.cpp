@@ -32,9 +32,11 @@ std::vector<GpuUsage> GpuAccounting::account(const NodeReading& reading, const R
     usage.lost = gpu.lost;
     usage.failures = gpu.failures;
     usage.future_samples = gpu.future_samples;
+    usage.last_sample_us = gpu.last_sample_us;
     GpuState& state = gpus_[gpu.uuid];
     if (gpu.lost) {  // nothing read: the next good pass counts from here (its time was not observed)
       state.last_monotonic_ns = 0;
+      state.energy_unobserved = true;
       continue;
     }
     usage.memory_total = gpu.memory_total;
@@ -51,16 +53,29 @@ std::vector<GpuUsage> GpuAccounting::account(const NodeReading& reading, const R
         usage.energy_mj = usage.energy_reset ? *gpu.energy_mj : *gpu.energy_mj - *state.last_energy_mj;
       }
       state.last_energy_mj = gpu.energy_mj;
+      usage.energy_counter_mj = gpu.energy_mj;
     }
+    // Energy spent while nobody watched is the device's, not any workload's: kept out of the split below.
+    const std::uint64_t unobserved = state.energy_unobserved ? usage.energy_mj : 0;
+    state.energy_unobserved = false;
+    usage.energy_mj -= unobserved;
     if (gpu.clock_stepped) state.last_sample_us.clear();
     if (gpu.mig) {
       account_mig(gpu, usage, resolve);
     } else {
       account_whole(gpu, state, usage, resolve);
     }
+    usage.energy_mj += unobserved;
+    usage.unattributed_energy_mj += unobserved;
     track_idle(gpu, reading.monotonic_ns, state, usage);
   }
   return out;
+}
+
+void GpuAccounting::resume_energy(const std::string& uuid, std::uint64_t energy_mj) {
+  GpuState& state = gpus_[uuid];
+  state.last_energy_mj = energy_mj;
+  state.energy_unobserved = true;
 }
 
 void GpuAccounting::account_whole(const GpuReading& gpu, GpuState& state, GpuUsage& usage, const Resolve& resolve) {

@@ -52,9 +52,13 @@ struct GpuUsage {
   std::uint64_t elapsed_ns = 0;  // since the previous pass that read this GPU (0 the first time)
   std::uint64_t busy_ns = 0;     // device utilization x elapsed (whole GPUs with utilization)
   std::uint64_t energy_mj = 0;   // the device's counter difference
+  std::optional<std::uint64_t> energy_counter_mj;  // the counter as read (a cursor for the next agent)
+  std::uint64_t last_sample_us = 0;                // the newest utilization sample taken (a cursor too)
   bool energy_reset = false;     // the counter went down (driver reloaded)
   std::uint64_t idle_energy_mj = 0;          // energy x (1 - utilization); on MIG, the energy of empty slices
-  std::uint64_t unattributed_energy_mj = 0;  // busy energy no workload's sample explains, rounding remainders
+  // Busy energy no workload's sample explains, rounding remainders, and energy spent while nobody watched (the
+  // agent down, the GPU lost).
+  std::uint64_t unattributed_energy_mj = 0;
   std::uint64_t unattributed_sm_ns = 0;      // SM time of processes whose workload is unknown (gone)
   std::uint64_t sm_scaled_off_ns = 0;        // what the samples claimed past the device's utilization
   std::uint64_t memory_total = 0, memory_used = 0;
@@ -81,6 +85,9 @@ class GpuAccounting {
   using Resolve = std::function<std::string(pid_t)>;
   explicit GpuAccounting(IdleOptions idle = {}) : idle_(idle) {}
   std::vector<GpuUsage> account(const NodeReading& reading, const Resolve& resolve);
+  // After a restart: the GPU's energy counter as last read by the previous agent. The energy since then was not
+  // observed: the next pass counts it in full, as unattributed (no workload is billed for what nobody saw).
+  void resume_energy(const std::string& uuid, std::uint64_t energy_mj);
 
   static constexpr std::uint64_t kDefaultPeriodUs = 1'000'000;  // before a shorter one is seen
 
@@ -88,6 +95,7 @@ class GpuAccounting {
   struct GpuState {
     std::int64_t last_monotonic_ns = 0;
     std::optional<std::uint64_t> last_energy_mj;
+    bool energy_unobserved = false;  // the next difference spans time nobody watched (a restart, a lost GPU)
     std::uint64_t period_us = kDefaultPeriodUs;  // the driver's sample period: the shortest gap seen
     std::map<pid_t, std::uint64_t> last_sample_us;
     // idle

@@ -59,6 +59,7 @@ struct GpuReading {
   std::optional<std::uint32_t> utilization_percent;  // the device's, over its last sample period
   std::vector<ProcessOnGpu> processes;               // whole GPU (compute, graphics and MPS clients, by pid)
   std::vector<UtilizationSample> samples;            // newer than the previous pass's, in timestamp order
+  std::uint64_t last_sample_us = 0;  // the newest sample taken so far on this GPU (a cursor for the next agent)
   std::vector<MigSlice> slices;
   std::vector<GpuFailure> failures;  // calls that failed this pass (not those the GPU does not support)
   // The wall clock went back since the last pass: sample timestamps before and after do not compare.

@@ -184,6 +184,7 @@ void GpuSampler::read_samples(nvmlDevice_t device, GpuReading& gpu, std::uint64_
     gpu.clock_stepped = true;
     last_seen = now_us;
   }
+  gpu.last_sample_us = last_seen;
   std::vector<nvmlProcessUtilizationSample_t> buffer(std::max<std::size_t>(gpu.processes.size(), 8) * 4);
   for (int attempt = 0; attempt < 4; ++attempt) {
     unsigned count = static_cast<unsigned>(buffer.size());
@@ -207,6 +208,7 @@ void GpuSampler::read_samples(nvmlDevice_t device, GpuReading& gpu, std::uint64_
       newest = std::max(newest, static_cast<std::uint64_t>(s.timeStamp));
     }
     last_seen = newest;
+    gpu.last_sample_us = last_seen;
     std::stable_sort(gpu.samples.begin(), gpu.samples.end(),
                      [](const auto& a, const auto& b) { return a.timestamp_us < b.timestamp_us; });
     return;

@@ -5,7 +5,8 @@
 // Every NVML symbol beyond the loader's required ones is optional: a missing one, or NOT_SUPPORTED, is a
 // capability less (the field stays empty), not a failure. Per-process samples are asked for with the newest
 // timestamp already taken for that GPU, so a sample is read once; the first pass asks for samples newer than the
-// sampler's start, so samples an earlier agent instance took are not taken again.
+// sampler's start, so samples an earlier agent instance took are not taken again, or (resume_samples) after the
+// newest one the previous agent took, so none is skipped across a restart either.
 
 #include <cstdint>
 #include <map>
@@ -21,6 +22,9 @@ class GpuSampler {
  public:
   explicit GpuSampler(const NvmlLibrary& nvml);
   NodeReading sample();
+  // After a restart: the newest sample the previous agent took on that GPU. Samples after it that the driver still
+  // holds are taken, none before it (instead of starting from this sampler's start).
+  void resume_samples(const std::string& uuid, std::uint64_t last_seen_us) { last_seen_us_[uuid] = last_seen_us; }
 
   // How the running-process lists are read: the versioned detail list (R550+), else the _v3 calls with the entry
   // size each call is seen to write (24 bytes, or 32 on the R535 drivers that wrote a larger struct).

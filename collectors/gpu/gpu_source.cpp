@@ -85,6 +85,12 @@ std::vector<GpuPass> GpuSource::take() {
 GpuPasses::GpuPasses(const NvmlLibrary& nvml, IdleOptions idle, FsRoot fs, IdentityRules identity_rules)
     : sampler_(nvml), accounting_(idle), fs_(std::move(fs)), identity_rules_(std::move(identity_rules)) {}
 
+void GpuPasses::resume(const std::string& uuid, std::optional<std::uint64_t> last_sample_us,
+                       std::optional<std::uint64_t> energy_mj) {
+  if (last_sample_us) sampler_.resume_samples(uuid, *last_sample_us);
+  if (energy_mj) accounting_.resume_energy(uuid, *energy_mj);
+}
+
 GpuPass GpuPasses::next() {
   ++passes_;
   GpuPass pass;
@@ -123,6 +129,7 @@ std::string GpuPasses::resolve(pid_t pid, GpuPass& pass) {
 
 void GpuSource::run() {
   GpuPasses passes(*nvml_, options_.idle, options_.fs, options_.identity_rules);
+  for (const auto& [uuid, at] : options_.resume) passes.resume(uuid, at.first, at.second);
   std::unique_lock lock(mutex_);
   while (!stopping_) {
     lock.unlock();

@@ -12,6 +12,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -49,6 +50,9 @@ class GpuPasses {
  public:
   static constexpr std::uint64_t kRefreshPasses = 60;
   GpuPasses(const NvmlLibrary& nvml, IdleOptions idle, FsRoot fs, IdentityRules identity_rules);
+  // Where the previous agent stood on a GPU (GpuCursors): sampling and energy continue from there.
+  void resume(const std::string& uuid, std::optional<std::uint64_t> last_sample_us,
+              std::optional<std::uint64_t> energy_mj);
   GpuPass next();
 
  private:
@@ -75,6 +79,8 @@ class GpuSource {
     IdentityRules identity_rules;
     FsRoot fs;
     std::size_t max_queued = 600;  // passes the event loop has not taken (10 min at 1 Hz); older ones are merged
+    // Per GPU uuid, where the previous agent stood (from the checkpoint): see GpuPasses::resume.
+    std::map<std::string, std::pair<std::optional<std::uint64_t>, std::optional<std::uint64_t>>> resume;
   };
   // Opens NVML and starts sampling. An error when the library cannot be loaded or initialised.
   static Result<std::unique_ptr<GpuSource>> start(Options options);

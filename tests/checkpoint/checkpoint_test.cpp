@@ -78,6 +78,22 @@ TEST(Checkpoint, RestoresTotalsReportedContributorsAndRetired) {
   EXPECT_EQ(whole.counters[0].total, 9100u);
 }
 
+// Where sources stand in streams they read again (NVML's newest sample, an energy counter) comes back as saved.
+TEST(Checkpoint, RestoresSourceCursors) {
+  Filled before;
+  before.ledger.set_cursor("nvml:GPU-1:sample_us", 1'700'000'000'000'000);
+  before.ledger.set_cursor("nvml:GPU-1:energy_mj", 42);
+  ledger::Ledger after;
+  ASSERT_TRUE(restore_checkpoint(after, save_checkpoint(before.ledger), "test"));
+  EXPECT_EQ(after.cursors(), before.ledger.cursors());
+  EXPECT_EQ(after.cursors().size(), 2u);
+  const std::uint64_t generation = after.generation();
+  after.set_cursor("nvml:GPU-1:energy_mj", 42);
+  EXPECT_EQ(after.generation(), generation) << "an unchanged cursor is no change";
+  after.set_cursor("nvml:GPU-1:energy_mj", 43);
+  EXPECT_GT(after.generation(), generation) << "a moved cursor is worth a checkpoint";
+}
+
 TEST(Checkpoint, CorruptBytesLoadNothingAndSayWhy) {
   ledger::Ledger ledger;
   auto garbage = restore_checkpoint(ledger, "\xff\xff\xff garbage", "state");

@@ -465,7 +465,8 @@ FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetRunningProcessDetailList(nvmlDevice_t
 #endif
 
 // "samples": [{"pid", "t_us", "sm", "mem"}], t_us counted from the first time samples were asked for (so a
-// scenario's timestamps are near the caller's clock); those newer than lastSeenTimeStamp are returned. Not on MIG.
+// scenario's timestamps are near the caller's clock), or "at_us" (CLOCK_REALTIME, for scenarios that span two
+// processes); those newer than lastSeenTimeStamp are returned. Not on MIG.
 FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device,
                                                               nvmlProcessUtilizationSample_t* utilization,
                                                               unsigned int* processSamplesCount,
@@ -480,7 +481,8 @@ FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t devic
   for (const auto& sample : gpu.value("samples", nlohmann::json::array())) {
     nvmlProcessUtilizationSample_t out{};
     out.pid = sample.value("pid", 0u);
-    out.timeStamp = s.samples_origin_us + sample.value("t_us", 0ull);
+    out.timeStamp = sample.contains("at_us") ? sample["at_us"].get<unsigned long long>()
+                                             : s.samples_origin_us + sample.value("t_us", 0ull);
     out.smUtil = sample.value("sm", 0u);
     out.memUtil = sample.value("mem", 0u);
     if (out.timeStamp > lastSeenTimeStamp) found.push_back(out);

@@ -3,8 +3,10 @@
 // says, step by step; a subscriber reads the feed. The expected SM time, memory and joules are computed from the
 // scenario here, independently, and the conservation identity is checked on every report.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -242,6 +244,81 @@ TEST_F(TallydGpuTest, AnIdleGpuIsAnEventNamingItsHoldersAndEndsWhenBusyAgain) {
   EXPECT_FALSE(ended->envelope.event().gpu_idle().idle());
   const std::string log = tallyd.process().stderr_text();
   EXPECT_NE(log.find("GpuIdle: GPU 0 (GPU-I)"), std::string::npos) << log;
+}
+
+// Across a restart nothing is skipped or counted twice: the next agent takes the samples the driver took while no
+// agent ran (from the newest one the previous agent took, saved in the checkpoint) and the energy spent meanwhile,
+// which nobody watched, as the GPU's unattributed energy.
+TEST_F(TallydGpuTest, ARestartNeitherSkipsNorRepeatsSamplesAndChargesUnwatchedEnergyToNoOne) {
+  const auto cgroup = parent_->make_child("gpu-restart");
+  CgroupProcess a(cgroup, {"/bin/cat"});
+  const auto pa = static_cast<unsigned>(a.pid());
+  auto now_us = [] {
+    return static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count());
+  };
+  // Sample times ahead of both agents' starts: t1 taken by the first, t2 by none while it runs (the driver's, while
+  // no agent runs), and t1 offered again with t2.
+  const std::uint64_t t1 = now_us() + 1'000'000, t2 = t1 + 1'000'000;
+  const nlohmann::json gpu = {
+      {"uuid", "GPU-R"}, {"bus_id", "00000000:3b:00.0"}, {"memory_total", 80 * kGiB}, {"utilization_gpu", 100},
+      {"energy_mj", 1000}, {"processes", {{{"pid", pa}, {"used_gpu_memory", kGiB}}}},
+      {"steps",
+       {nlohmann::json::object(),
+        {{"energy_mj", 2000}, {"samples", {{{"pid", pa}, {"at_us", t1}, {"sm", 40}}}}},
+        {{"energy_mj", 5000},
+         {"samples", {{{"pid", pa}, {"at_us", t1}, {"sm", 40}}, {{"pid", pa}, {"at_us", t2}, {"sm", 20}}}}}}}};
+  dir_.write("scenario.json", nlohmann::json{{"gpus", {gpu}}}.dump());
+  set_step(0);
+  const std::string config = test_config(
+      1000, 30,
+      "[topology]\nnvml_library = \"" FAKE_NVML_PATH "\"\n[gpu]\ninterval_ms = 20\n[probes]\nenabled = false\n"
+      "[metering]\nenabled = false\nstate_dir = \"" + (dir_ / "state").string() + "\"\n");
+  const std::map<std::string, std::string> env{{"TALLY_FAKE_NVML_SCENARIO", (dir_ / "scenario.json").string()},
+                                               {"TALLY_FAKE_NVML_STEP", (dir_ / "step").string()}};
+  const std::string wa = workload_id(cgroup);
+  Totals totals;
+  auto until = [&](FeedSubscriber& feed, auto&& done) {
+    return feed.receive_until(
+        [&](const FeedMessage& m) {
+          fold(m.envelope.usage(), totals);
+          return done();
+        },
+        20s);
+  };
+  auto total = [&](const std::string& workload, const std::string& k) -> std::uint64_t {
+    auto w = totals.find(workload);
+    if (w == totals.end()) return 0;
+    auto it = w->second.find(k);
+    return it == w->second.end() ? 0 : it->second;
+  };
+  {
+    TallydProcess first(config, {}, env);
+    const auto endpoint = first.wait_ready();
+    ASSERT_TRUE(endpoint) << first.process().stderr_text();
+    FeedSubscriber feed(*endpoint, "usage");
+    ASSERT_TRUE(wait_until([&] { return now_us() > t1; }, 20s, 10ms));
+    set_step(1);
+    ASSERT_TRUE(until(feed, [&] { return total(wa, "gpu_sm_ns/VALUE_KIND_MEASURED") == 400'000'000; }))
+        << first.process().stderr_text();
+    first.process().signal(SIGTERM);
+    ASSERT_TRUE(first.process().wait(20s));
+  }
+  // No agent: the driver takes t2, the GPU spends 3 J.
+  set_step(2);
+  ASSERT_TRUE(wait_until([&] { return now_us() > t2; }, 20s, 10ms));
+  TallydProcess second(config, {}, env);
+  const auto endpoint = second.wait_ready();
+  ASSERT_TRUE(endpoint) << second.process().stderr_text();
+  FeedSubscriber feed(*endpoint, "usage");
+  ASSERT_TRUE(until(feed, [&] { return total("gpu:GPU-R", "gpu_energy_mj/VALUE_KIND_MEASURED") == 4000; }))
+      << second.process().stderr_text();
+  // t1 (40 % of its 1 s period) once, t2 (20 %) once: 400 + 200 ms.
+  EXPECT_EQ(total(wa, "gpu_sm_ns/VALUE_KIND_MEASURED"), 600'000'000u);
+  EXPECT_EQ(total(wa, "gpu_energy_mj:GPU-R/VALUE_KIND_APPORTIONED"), 1000u) << "what the first agent watched";
+  EXPECT_EQ(total("gpu:GPU-R", "gpu_unattributed_energy_mj/VALUE_KIND_APPORTIONED"), 3000u) << "what nobody watched";
+  EXPECT_EQ(conservation_broken(totals), "");
 }
 
 }  // namespace
