@@ -35,8 +35,15 @@ GpuSampler::GpuSampler(const NvmlLibrary& nvml)
     : nvml_(nvml), api_(nvml.api()), started_us_(unix_time_ns() / 1000) {}
 
 bool GpuSampler::check(nvmlReturn_t status, const char* call, GpuReading& gpu) {
-  if (fine(status)) return true;
-  if (capability_less(status) || status == NVML_ERROR_NOT_FOUND) return false;
+  // In MIG mode other calls answer (on the MIG devices) than without: a GPU's answers are kept per mode.
+  const std::string asked = gpu.uuid + (gpu.mig ? "\nmig" : "");
+  if (fine(status)) {
+    answered_.emplace(asked, call);
+    return true;
+  }
+  if (status == NVML_ERROR_NOT_FOUND) return false;
+  // NOT_SUPPORTED from a call that answered on this GPU before is the GPU starting to fail, not a capability less.
+  if (capability_less(status) && !answered_.contains({asked, call})) return false;
   if (status == NVML_ERROR_GPU_IS_LOST) gpu.lost = true;
   gpu.failures.push_back({call, nvml_.error_string(status)});
   return false;

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -41,7 +42,8 @@ class GpuSampler {
   bool read_detail_list(nvmlDevice_t device, unsigned mode, std::vector<ProcessOnGpu>& out, GpuReading& gpu);
   void read_v3(decltype(&::nvmlDeviceGetComputeRunningProcesses_v3) call, const char* name, nvmlDevice_t device,
                std::vector<ProcessOnGpu>& out, GpuReading& gpu);
-  // Records a failed call; true when `status` is success. NOT_SUPPORTED and NOT_FOUND are not failures.
+  // Records a failed call; true when `status` is success. NOT_FOUND is not a failure, nor is NOT_SUPPORTED from a
+  // call that never answered on that GPU (a capability it lacks).
   bool check(nvmlReturn_t status, const char* call, GpuReading& gpu);
 
   const NvmlLibrary& nvml_;
@@ -50,6 +52,7 @@ class GpuSampler {
   std::map<std::string, std::uint64_t> last_seen_us_;  // per GPU uuid: the newest sample timestamp taken
   // Per NVML index, the uuid last read: a GPU that fell off the bus may not say it any more, and is still that GPU.
   std::map<std::uint32_t, std::string> known_uuids_;
+  std::set<std::pair<std::string, std::string>> answered_;  // (GPU uuid and MIG mode, call) that succeeded once
   ProcessListing listing_ = ProcessListing::unknown;
 };
 

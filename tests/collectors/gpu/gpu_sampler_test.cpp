@@ -122,6 +122,28 @@ TEST(GpuSampler, ReadsEachProcesssLifetimePeakWhereAccountingModeIsOn) {
   EXPECT_TRUE(reading.gpus[1].failures.empty()) << "off is not a failure";
 }
 
+// NOT_SUPPORTED is a capability the GPU lacks, unless the call answered on it before: then the GPU is failing.
+TEST(GpuSampler, NotSupportedIsAFailureOnlyFromACallThatAnsweredBefore) {
+  const nlohmann::json answering = {
+      {"uuid", "GPU-A"}, {"energy_mj", 5},
+      {"steps", {nlohmann::json::object(), {{"errors", {{"nvmlDeviceGetTotalEnergyConsumption", "NOT_SUPPORTED"}}}}}}};
+  const nlohmann::json never = {{"uuid", "GPU-B"}};  // no energy counter: NOT_SUPPORTED from the start
+  Scenario scenario(nlohmann::json{{"gpus", {answering, never}}});
+  auto nvml = open_fake();
+  ASSERT_NE(nvml, nullptr);
+  GpuSampler sampler(*nvml);
+  const NodeReading first = sampler.sample();
+  EXPECT_EQ(first.gpus.at(0).energy_mj, 5u);
+  EXPECT_TRUE(first.gpus[0].failures.empty());
+  EXPECT_TRUE(first.gpus.at(1).failures.empty()) << "a capability it lacks";
+  scenario.step(1);
+  const NodeReading second = sampler.sample();
+  EXPECT_FALSE(second.gpus.at(0).energy_mj.has_value());
+  EXPECT_EQ(second.gpus[0].failures,
+            (std::vector<GpuFailure>{{"nvmlDeviceGetTotalEnergyConsumption", "Not Supported"}}));
+  EXPECT_TRUE(second.gpus.at(1).failures.empty());
+}
+
 TEST(GpuSampler, ASampleIsTakenOnceAndALostGpuKeepsItsNameWhileTheOthersGoOn) {
   const nlohmann::json a = {{"uuid", "GPU-A"},
                             {"utilization_gpu", 40},
