@@ -58,6 +58,10 @@ ledger::CounterId GpuUsageRecorder::id(const std::string& name, Kind kind, bool 
 }
 
 void GpuUsageRecorder::record(const GpuPass& pass) {
+  // A workload the ledger let expire starts again from nothing: so does the peak its counters continue from.
+  std::erase_if(peak_, [&](const auto& entry) {
+    return ledger_.find_workload(std::string_view(entry.first).substr(entry.first.find('\n') + 1)) == nullptr;
+  });
   // The node answering again (the device count read): a later failure is worth a new report.
   if (pass.failures.empty()) std::erase_if(reported_, [](const auto& r) { return std::get<0>(r) == "node"; });
   for (const auto& failure : pass.failures) {

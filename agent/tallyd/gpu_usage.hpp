@@ -46,7 +46,8 @@ class GpuUsageRecorder {
   EventSink on_event_;
   std::map<std::string, std::set<std::string>> holding_;       // per GPU: workloads with a live contributor
   std::map<std::string, std::map<std::string, std::uint64_t>> memory_;  // per GPU, per workload: held now
-  std::map<std::string, std::uint64_t> peak_;                   // "uuid\nworkload" and "\nworkload": the maximum seen
+  // "uuid\nworkload" and "\nworkload": the maximum seen, while the workload is in the ledger.
+  std::map<std::string, std::uint64_t> peak_;
   std::set<std::tuple<std::string, std::string, std::string>> reported_;  // failures logged once
 };
 

@@ -94,5 +94,17 @@ TEST_F(GpuUsageTest, MemoryIsAGaugeWhileHeldAndItsPeakACounterThatNeverCountsTwi
   EXPECT_EQ(value("systemd:a.service", "gpu_memory_peak_bytes"), 8000u);
 }
 
+// A workload that expired from the ledger and comes back starts from nothing: its peak too.
+TEST_F(GpuUsageTest, AnExpiredWorkloadsPeakStartsAgain) {
+  recorder_.record(pass({holder("a.service", 5000)}));
+  recorder_.record(pass());  // lets go: nothing reports for it any more
+  ledger_.mark_reported();
+  ASSERT_EQ(ledger_.expire(UINT64_MAX, 0), 1u);
+  ASSERT_EQ(ledger_.find_workload("systemd:a.service"), nullptr);
+  recorder_.record(pass({holder("a.service", 3000)}));
+  EXPECT_EQ(value("systemd:a.service", "gpu_memory_peak_bytes"), 3000u);
+  EXPECT_EQ(value("systemd:a.service", "gpu_memory_peak_bytes:GPU-1"), 3000u);
+}
+
 }  // namespace
 }  // namespace tally::agent
