@@ -3,6 +3,8 @@
 // workloads holding memory on it with their share. docs/gpu-accounting.md says what each figure is.
 
 #include <algorithm>
+#include <charconv>
+#include <cstdint>
 #include <memory>
 
 #include <fmt/format.h>
@@ -18,6 +20,14 @@ std::string attribute(const v1::WorkloadUsage& w, const std::string& key) {
   return it == w.attributes().end() ? std::string() : it->second;
 }
 
+// The GPU's NVML index, for ordering; one the feed does not give as a number sorts last.
+std::uint64_t index_of(const v1::WorkloadUsage& w) {
+  const std::string text = attribute(w, "index");
+  std::uint64_t index = UINT64_MAX;
+  std::from_chars(text.data(), text.data() + text.size(), index);
+  return index;
+}
+
 std::string joules(std::uint64_t millijoules) { return fmt::format("{:.1f}", static_cast<double>(millijoules) / 1e3); }
 
 std::string render(const std::string& node_id, const UsageView& view, std::size_t limit) {
@@ -28,7 +38,7 @@ std::string render(const std::string& node_id, const UsageView& view, std::size_
     if (w.last.kind() == "gpu") gpus.push_back(&w);
   }
   std::sort(gpus.begin(), gpus.end(), [](const WorkloadView* a, const WorkloadView* b) {
-    return std::stoul("0" + attribute(a->last, "index")) < std::stoul("0" + attribute(b->last, "index"));
+    return index_of(a->last) < index_of(b->last);
   });
   std::string out = fmt::format("tally gpus: node {}, {} GPUs, interval {:.1f}s\n", node_id, gpus.size(), seconds);
   out += fmt::format("{:>3} {:<44} {:<24} {:>5} {:>7} {:>17} {:>11} {:>11} {:>9} {}\n", "GPU", "UUID", "NAME", "UTIL",

@@ -320,7 +320,7 @@ TEST(TallyctlGpus, EachGpuWithItsBucketsAndItsHolders) {
   using ledger::Source;
   ledger::Ledger ledger;
   auto& gpu0 = ledger.workload(gpu_entry("GPU-0", "0"));
-  auto& gpu1 = ledger.workload(gpu_entry("GPU-1", "1"));
+  auto& gpu1 = ledger.workload(gpu_entry("GPU-1", "99999999999999999999999"));  // not a number: sorts last
   auto& holder = ledger.workload(identify_cgroup("/system.slice/trainer.service"));
   auto& bystander = ledger.workload(identify_cgroup("/system.slice/bystander.service"));
   ledger.add(ledger.label_set(bystander, ""), ledger.counter("io_read_bytes", Source::kernel_probes), 1);
