@@ -58,22 +58,41 @@ class TallydGpuTest : public ::testing::Test {
     }
   }
 
+  // The latest total (or gauge) `key` of `workload`; 0 when the feed never carried it.
+  static std::uint64_t total_of(const Totals& totals, const std::string& workload, const std::string& key) {
+    const auto w = totals.find(workload);
+    if (w == totals.end()) return 0;
+    const auto it = w->second.find(key);
+    return it == w->second.end() ? 0 : it->second;
+  }
+
+  // Folds usage reports into `totals` until `done()` holds (false at the deadline); with `broken`, checks the
+  // conservation identity on every report and keeps the first violation.
+  template <typename Done>
+  static bool fold_until(FeedSubscriber& feed, Totals& totals, Done&& done, std::string* broken = nullptr) {
+    return feed
+        .receive_until(
+            [&](const FeedMessage& m) {
+              fold(m.envelope.usage(), totals);
+              if (broken != nullptr && broken->empty()) *broken = conservation_broken(totals);
+              return done();
+            },
+            20s)
+        .has_value();
+  }
+
   // On every GPU: the workloads' energy + idle + unattributed = the device's own. Returns the first violation.
   static std::string conservation_broken(const Totals& totals) {
     for (const auto& [id, counters] : totals) {
       if (!id.starts_with("gpu:")) continue;
       const std::string uuid = id.substr(4);
-      auto get = [&](const std::map<std::string, std::uint64_t>& m, const std::string& k) {
-        auto it = m.find(k);
-        return it == m.end() ? 0 : it->second;
-      };
-      std::uint64_t parts = get(counters, "gpu_idle_energy_mj/VALUE_KIND_APPORTIONED") +
-                            get(counters, "gpu_unattributed_energy_mj/VALUE_KIND_APPORTIONED");
+      std::uint64_t parts = total_of(totals, id, "gpu_idle_energy_mj/VALUE_KIND_APPORTIONED") +
+                            total_of(totals, id, "gpu_unattributed_energy_mj/VALUE_KIND_APPORTIONED");
       for (const auto& [other, c] : totals) {
-        parts += get(c, "gpu_energy_mj:" + uuid + "/VALUE_KIND_APPORTIONED") +
-                 get(c, "gpu_energy_mj:" + uuid + "/VALUE_KIND_ESTIMATED");
+        parts += total_of(totals, other, "gpu_energy_mj:" + uuid + "/VALUE_KIND_APPORTIONED") +
+                 total_of(totals, other, "gpu_energy_mj:" + uuid + "/VALUE_KIND_ESTIMATED");
       }
-      const std::uint64_t device = get(counters, "gpu_energy_mj/VALUE_KIND_MEASURED");
+      const std::uint64_t device = total_of(totals, id, "gpu_energy_mj/VALUE_KIND_MEASURED");
       if (parts != device) {
         return id + ": parts " + std::to_string(parts) + " != device " + std::to_string(device);
       }
@@ -139,21 +158,8 @@ TEST_F(TallydGpuTest, GpuTimeMemoryAndEnergyPerWorkloadMatchTheScenarioAndAreCon
   FeedSubscriber events(*endpoint, "event");
   Totals totals;
   std::string broken;
-  auto until = [&](auto&& done) {
-    return feed.receive_until(
-        [&](const FeedMessage& m) {
-          fold(m.envelope.usage(), totals);
-          if (broken.empty()) broken = conservation_broken(totals);
-          return done();
-        },
-        20s);
-  };
-  auto total = [&](const std::string& workload, const std::string& k) -> std::uint64_t {
-    auto w = totals.find(workload);
-    if (w == totals.end()) return 0;
-    auto it = w->second.find(k);
-    return it == w->second.end() ? 0 : it->second;
-  };
+  auto until = [&](auto&& done) { return fold_until(feed, totals, done, &broken); };
+  auto total = [&](const std::string& workload, const std::string& k) { return total_of(totals, workload, k); };
   const std::string wa = workload_id(cgroup_a), wb = workload_id(cgroup_b), wc = workload_id(cgroup_c);
   // Step 0: the baseline is read (the processes' memory shows), nothing is counted yet.
   ASSERT_TRUE(until([&] { return total(wb, "gauge:gpu_memory_bytes") == 2 * kGiB; })) << tallyd.process().stderr_text();
@@ -279,20 +285,8 @@ TEST_F(TallydGpuTest, ARestartNeitherSkipsNorRepeatsSamplesAndChargesUnwatchedEn
                                                {"TALLY_FAKE_NVML_STEP", (dir_ / "step").string()}};
   const std::string wa = workload_id(cgroup);
   Totals totals;
-  auto until = [&](FeedSubscriber& feed, auto&& done) {
-    return feed.receive_until(
-        [&](const FeedMessage& m) {
-          fold(m.envelope.usage(), totals);
-          return done();
-        },
-        20s);
-  };
-  auto total = [&](const std::string& workload, const std::string& k) -> std::uint64_t {
-    auto w = totals.find(workload);
-    if (w == totals.end()) return 0;
-    auto it = w->second.find(k);
-    return it == w->second.end() ? 0 : it->second;
-  };
+  auto until = [&](FeedSubscriber& feed, auto&& done) { return fold_until(feed, totals, done); };
+  auto total = [&](const std::string& workload, const std::string& k) { return total_of(totals, workload, k); };
   {
     TallydProcess first(config, {}, env);
     const auto endpoint = first.wait_ready();
