@@ -81,15 +81,9 @@ void GpuAccounting::resume_energy(const std::string& uuid, std::uint64_t energy_
 void GpuAccounting::account_whole(const GpuReading& gpu, GpuState& state, GpuUsage& usage, const Resolve& resolve) {
   const std::uint32_t capacity = gpu.utilization_percent.value_or(100);
   usage.busy_ns = mul_div(usage.elapsed_ns, capacity, 100);
-  std::map<pid_t, std::string> who;  // resolved once per pass
-  auto workload_of = [&](pid_t pid) -> const std::string& {
-    auto [it, fresh] = who.try_emplace(pid);
-    if (fresh) it->second = resolve(pid);
-    return it->second;
-  };
   std::map<std::string, HolderUsage> holders;
   for (const ProcessOnGpu& p : gpu.processes) {
-    const std::string& w = workload_of(p.pid);
+    const std::string w = resolve(p.pid);
     if (w.empty()) continue;  // gone since NVML listed it
     HolderUsage& h = holder(holders, w);
     h.memory_bytes += p.memory_bytes;
@@ -106,7 +100,6 @@ void GpuAccounting::account_whole(const GpuReading& gpu, GpuState& state, GpuUsa
   }
   // SM time per sample, then per period (samples with one timestamp) scaled to the device's utilization.
   std::uint64_t attributed_sm = 0;
-  std::map<std::string, std::uint64_t> sm_of;
   for (std::size_t begin = 0; begin < gpu.samples.size();) {
     std::size_t end = begin;
     std::uint64_t percent_sum = 0;
@@ -124,7 +117,7 @@ void GpuAccounting::account_whole(const GpuReading& gpu, GpuState& state, GpuUsa
       const std::uint64_t sm = percent_sum > capacity ? mul_div(raw, capacity, percent_sum) : raw;
       usage.sm_scaled_off_ns += raw - sm;
       if (sm == 0) continue;
-      const std::string& w = workload_of(s.pid);
+      const std::string w = resolve(s.pid);
       if (w.empty()) {
         usage.unattributed_sm_ns += sm;
         continue;

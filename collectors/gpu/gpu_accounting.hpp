@@ -16,7 +16,8 @@
 //    are allocated (apportioned) and the energy they are charged (estimated); energy of empty slices is idle.
 //  - Allocated time: on a whole GPU, a workload that holds memory on it is allocated the pass's elapsed time.
 //
-// Pure logic: no NVML, no threads. Who a pid belongs to is the caller's `resolve` (empty: the pid is gone).
+// Pure logic: no NVML, no threads. Who a pid belongs to is the caller's `resolve` (empty: the pid is gone), asked
+// for each process and sample: the caller keeps its answers for the pass (GpuPasses does).
 
 #include <sys/types.h>
 

@@ -18,6 +18,10 @@ void fold_pass(GpuPass& older, GpuPass& newer) {
       newer.gpus.push_back(std::move(o));
       continue;
     }
+    if (n->lost != o.lost) {  // lost in one pass only: both kept, in order, so neither's counts nor state are lost
+      newer.gpus.insert(n, std::move(o));
+      continue;
+    }
     n->elapsed_ns += o.elapsed_ns;
     n->busy_ns += o.busy_ns;
     n->energy_mj += o.energy_mj;

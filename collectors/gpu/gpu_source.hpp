@@ -36,7 +36,7 @@ struct GpuPass {
 
 // An older pass folded into the next one when the event loop falls behind: counts add up, levels are the newer's,
 // a workload only the older pass saw keeps its counts (holding nothing now), and a GPU only the older pass read
-// (the newer could not) is kept as it was. Nothing counted is lost.
+// (the newer could not), or that was lost in one of the two, is kept as it was. Nothing counted is lost.
 void fold_pass(GpuPass& older, GpuPass& newer);
 
 // One pass: sample NVML, resolve each pid to its workload, account. What the source's thread does every interval,

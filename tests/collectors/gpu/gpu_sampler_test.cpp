@@ -214,6 +214,17 @@ TEST(GpuSource, FoldingPassesLosesNothingCounted) {
   EXPECT_FALSE(a.holders[1].holds_memory) << "it left: it holds nothing now";
   EXPECT_EQ(newer.gpus[1].uuid, "GPU-B");
   EXPECT_EQ(newer.gpus[1].energy_mj, 30u);
+
+  // Lost in the newer pass: the older's counts stay, recorded before the loss.
+  GpuPass good, lost;
+  good.gpus = {gpu("GPU-A", 10, 100, 40)};
+  lost.gpus = {gpu("GPU-A", 0, 0, 0)};
+  lost.gpus[0].lost = true;
+  fold_pass(good, lost);
+  ASSERT_EQ(lost.gpus.size(), 2u);
+  EXPECT_FALSE(lost.gpus[0].lost);
+  EXPECT_EQ(lost.gpus[0].energy_mj, 100u);
+  EXPECT_TRUE(lost.gpus[1].lost);
 }
 
 // A pid's workload is kept between passes while its process lives: once it has exited, its pid is not billed to
