@@ -48,6 +48,9 @@ struct cgroup_root___tally {
 struct cgroup___tally {
   struct kernfs_node___tally* kn;
   struct cgroup_root___tally* root;
+  int level; /* depth below the root (0) */
+  /* Linux 6.1+: the cgroup's ancestors, root first, itself at [level] (ancestor_ids before). */
+  struct cgroup___tally* ancestors[];
 } __attribute__((preserve_access_index));
 
 struct css_set___tally {

@@ -2,6 +2,7 @@
 
 #include "agent/base/files.hpp"
 
+#include <algorithm>
 #include <limits>
 #include <set>
 
@@ -239,6 +240,134 @@ Result<void> read_identity(const SchemaReader& reader, const toml::table& table,
   return reader.read_cgroup_root(table, "identity", "user_root", rules.user_root);
 }
 
+// An array of strings, each checked by `check` (an error names the item).
+template <typename Check>
+Result<void> read_strings(const SchemaReader& reader, const toml::table& table, std::string_view key,
+                          std::string_view full_key, std::vector<std::string>& out, Check check) {
+  const toml::node* node = table.get(key);
+  if (node == nullptr) return {};
+  if (!node->is_array()) return reader.error_at(node->source(), full_key, "expected an array of strings");
+  std::vector<std::string> values;
+  const toml::array& array = *node->as_array();
+  for (std::size_t i = 0; i < array.size(); ++i) {
+    const std::string item_key = fmt::format("{}[{}]", full_key, i);
+    if (!array[i].is_string()) return reader.error_at(array[i].source(), item_key, "expected a string");
+    values.push_back(array[i].as_string()->get());
+    if (auto valid = check(values.back()); !valid) {
+      return reader.error_at(array[i].source(), item_key, valid.error().message);
+    }
+  }
+  out = std::move(values);
+  return {};
+}
+
+std::string origin_of(std::string_view source, const toml::source_region& where) {
+  return fmt::format("{}:{}", source, where.begin.line);
+}
+
+// [[partitioning.gpu]] and [[partitioning.assign]], in tally.toml or a drop-in file.
+Result<void> read_plan_entries(const SchemaReader& reader, std::string_view source, const toml::table& table,
+                               partitioning::PartitionPlan& plan) {
+  const auto tables_of = [&](std::string_view key) -> Result<std::vector<const toml::table*>> {
+    std::vector<const toml::table*> found;
+    const toml::node* node = table.get(key);
+    if (node == nullptr) return found;
+    const std::string full = fmt::format("partitioning.{}", key);
+    if (!node->is_array()) return reader.error_at(node->source(), full, fmt::format("expected [[{}]] tables", full));
+    for (const auto& item : *node->as_array()) {
+      if (!item.is_table()) return reader.error_at(item.source(), full, "expected a table");
+      found.push_back(item.as_table());
+    }
+    return found;
+  };
+  auto gpus = tables_of("gpu");
+  if (!gpus) return gpus.error();
+  for (const toml::table* gpu_table : *gpus) {
+    const std::string key = "partitioning.gpu";
+    TALLY_TRY(reader.reject_unknown(*gpu_table, key, {"select", "mode", "profiles"}));
+    partitioning::GpuGeometryPlan gpu;
+    gpu.origin = origin_of(source, gpu_table->source());
+    TALLY_TRY(reader.read_string(*gpu_table, key, "select", gpu.select));
+    if (auto selector = partitioning::parse_gpu_selector(gpu.select); !selector || selector->slice) {
+      return reader.error_at(gpu_table->source(), key + ".select",
+                             fmt::format("'{}': expected a GPU index, UUID or PCI bus id", gpu.select));
+    }
+    std::string mode = "whole";
+    TALLY_TRY(reader.read_string(*gpu_table, key, "mode", mode));
+    if (mode != "whole" && mode != "mig") {
+      return reader.error_at(gpu_table->source(), key + ".mode", fmt::format("'{}' is not \"whole\" or \"mig\"", mode));
+    }
+    gpu.mig = mode == "mig";
+    TALLY_TRY(read_strings(reader, *gpu_table, "profiles", key + ".profiles", gpu.profiles,
+                           [](const std::string& name) -> Result<void> {
+                             if (name.find('g') == std::string::npos || name.find('.') == std::string::npos) {
+                               return make_error(ErrorCode::invalid_argument,
+                                                 "'{}' is not a MIG profile name such as \"3g.40gb\"", name);
+                             }
+                             return {};
+                           }));
+    if (gpu.mig == gpu.profiles.empty()) {
+      return reader.error_at(gpu_table->source(), key,
+                             gpu.mig ? "mode \"mig\" needs profiles" : "profiles need mode \"mig\"");
+    }
+    for (const auto& other : plan.gpus) {
+      if (other.select == gpu.select) {
+        return reader.error_at(gpu_table->source(), key + ".select",
+                               fmt::format("GPU '{}' already has a geometry ({})", gpu.select, other.origin));
+      }
+    }
+    plan.gpus.push_back(std::move(gpu));
+  }
+  auto assigns = tables_of("assign");
+  if (!assigns) return assigns.error();
+  for (const toml::table* assign_table : *assigns) {
+    const std::string key = "partitioning.assign";
+    TALLY_TRY(reader.reject_unknown(*assign_table, key, {"workload", "gpus"}));
+    partitioning::Assignment assignment;
+    assignment.origin = origin_of(source, assign_table->source());
+    TALLY_TRY(reader.read_string(*assign_table, key, "workload", assignment.workload));
+    if (auto valid = partitioning::check_workload_selector(assignment.workload); !valid) {
+      return reader.error_at(assign_table->source(), key + ".workload", valid.error().message);
+    }
+    TALLY_TRY(read_strings(reader, *assign_table, "gpus", key + ".gpus", assignment.gpus,
+                           [](const std::string& gpu) -> Result<void> {
+                             auto selector = partitioning::parse_gpu_selector(gpu);
+                             if (!selector) return selector.error();
+                             return {};
+                           }));
+    if (assignment.gpus.empty()) {
+      return reader.error_at(assign_table->source(), key + ".gpus", "names no GPU");
+    }
+    plan.assignments.push_back(std::move(assignment));
+  }
+  return {};
+}
+
+Result<void> read_partitioning(const SchemaReader& reader, std::string_view source, const toml::table& table,
+                               partitioning::PartitionPlan& plan) {
+  TALLY_TRY(reader.reject_unknown(table, "partitioning",
+                                  {"default", "on_stop", "drop_in_dir", "pin_dir", "system_clients", "gpu", "assign"}));
+  std::string text(to_string(plan.default_access));
+  TALLY_TRY(reader.read_string(table, "partitioning", "default", text));
+  if (text != "open" && text != "deny") {
+    return reader.error_at(table.get("default")->source(), "partitioning.default",
+                           fmt::format("'{}' is not \"open\" or \"deny\"", text));
+  }
+  plan.default_access = text == "open" ? partitioning::DefaultAccess::open : partitioning::DefaultAccess::deny;
+  text = std::string(to_string(plan.on_stop));
+  TALLY_TRY(reader.read_string(table, "partitioning", "on_stop", text));
+  if (text != "keep" && text != "release") {
+    return reader.error_at(table.get("on_stop")->source(), "partitioning.on_stop",
+                           fmt::format("'{}' is not \"keep\" or \"release\"", text));
+  }
+  plan.on_stop = text == "keep" ? partitioning::OnStop::keep : partitioning::OnStop::release;
+  TALLY_TRY(reader.read_path(table, "partitioning", "drop_in_dir", plan.drop_in_dir, /*allow_empty=*/true));
+  TALLY_TRY(reader.read_path(table, "partitioning", "pin_dir", plan.pin_dir, /*allow_empty=*/true));
+  TALLY_TRY(read_strings(reader, table, "system_clients", "partitioning.system_clients", plan.system_clients,
+                         partitioning::check_workload_selector));
+  return read_plan_entries(reader, source, table, plan);
+}
+
 Result<void> read_tenant_rules(const SchemaReader& reader, const toml::table& table,
                                std::vector<shm::TenantRule>& rules) {
   const toml::node* node = table.get("tenant_rules");
@@ -330,7 +459,8 @@ Result<Config> parse_config(std::string_view toml_text, std::string_view source_
   }
   const SchemaReader reader(source_name);
   Config config;
-  TALLY_TRY(reader.reject_unknown(root, "", {"agent", "feed", "probes", "metering", "topology", "identity", "gpu"}));
+  TALLY_TRY(reader.reject_unknown(root, "",
+                                  {"agent", "feed", "probes", "metering", "topology", "identity", "gpu", "partitioning"}));
 
   auto agent = reader.section(root, "agent");
   if (!agent) return agent.error();
@@ -366,21 +496,72 @@ Result<Config> parse_config(std::string_view toml_text, std::string_view source_
   auto identity = reader.section(root, "identity");
   if (!identity) return identity.error();
   if (*identity) TALLY_TRY(read_identity(reader, **identity, config.identity));
+
+  auto plan = reader.section(root, "partitioning");
+  if (!plan) return plan.error();
+  if (*plan) TALLY_TRY(read_partitioning(reader, source_name, **plan, config.partitioning));
   return config;
+}
+
+Result<void> parse_plan_drop_in(std::string_view toml_text, std::string_view source_name,
+                                partitioning::PartitionPlan& plan) {
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, source_name);
+  } catch (const toml::parse_error& err) {
+    return make_error(ErrorCode::invalid_argument, "{}:{}:{}: {}", source_name, err.source().begin.line,
+                      err.source().begin.column, err.description());
+  }
+  const SchemaReader reader(source_name);
+  TALLY_TRY(reader.reject_unknown(root, "", {"partitioning"}));
+  auto section = reader.section(root, "partitioning");
+  if (!section) return section.error();
+  if (!*section) return {};
+  // A drop-in adds GPUs and assignments; how the plan behaves is the main file's to say.
+  TALLY_TRY(reader.reject_unknown(**section, "partitioning", {"gpu", "assign"}));
+  return read_plan_entries(reader, source_name, **section, plan);
+}
+
+std::filesystem::path plan_drop_in_dir(const partitioning::PartitionPlan& plan,
+                                       const std::filesystem::path& config_path) {
+  if (!plan.drop_in_dir.empty()) return plan.drop_in_dir;
+  return config_path.parent_path() / "plan.d";
+}
+
+Result<void> load_plan_drop_ins(const std::filesystem::path& dir, partitioning::PartitionPlan& plan) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) return {};
+  std::vector<std::filesystem::path> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (entry.path().extension() == ".toml" && entry.is_regular_file(ec)) files.push_back(entry.path());
+  }
+  if (ec) return make_error(ErrorCode::io, "{}: cannot list plan drop-ins: {}", dir.string(), ec.message());
+  std::sort(files.begin(), files.end());
+  for (const auto& file : files) {
+    const auto text = read_file(file);
+    if (!text) return make_error(ErrorCode::io, "{}: cannot read plan drop-in", file.string());
+    TALLY_TRY(parse_plan_drop_in(*text, file.string(), plan));
+  }
+  return {};
 }
 
 Result<Config> load_config(const std::filesystem::path& path, bool must_exist) {
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) {
     if (must_exist) return make_error(ErrorCode::not_found, "{}: config file not found", path.string());
-    return Config{};
+    Config defaults;
+    TALLY_TRY(load_plan_drop_ins(plan_drop_in_dir(defaults.partitioning, path), defaults.partitioning));
+    return defaults;
   }
   if (!std::filesystem::is_regular_file(path, ec)) {
     return make_error(ErrorCode::invalid_argument, "{}: not a regular file", path.string());
   }
   const auto text = read_file(path);
   if (!text) return make_error(ErrorCode::io, "{}: cannot read config file", path.string());
-  return parse_config(*text, path.string());
+  auto config = parse_config(*text, path.string());
+  if (!config) return config;
+  TALLY_TRY(load_plan_drop_ins(plan_drop_in_dir(config->partitioning, path), config->partitioning));
+  return config;
 }
 
 }  // namespace tally::agent

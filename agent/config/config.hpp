@@ -13,6 +13,7 @@
 #include "agent/base/result.hpp"
 #include "agent/base/workload_identity.hpp"
 #include "agent/feed/endpoint.hpp"
+#include "agent/partitioning/plan.hpp"
 #include "collectors/kernel/bpf_probes.hpp"
 #include "shm/format/names.hpp"
 #include "shm/segments/metering.hpp"
@@ -101,6 +102,8 @@ struct Config {
   GpuSection gpu;
   // Where each workload manager puts its cgroups ([identity], docs/configuration.md): read at start.
   IdentityRules identity;
+  // GPU partitioning ([partitioning] and the plan drop-ins, docs/partitioning.md).
+  partitioning::PartitionPlan partitioning;
   bool operator==(const Config&) const = default;
 };
 
@@ -110,8 +113,17 @@ std::optional<std::uint32_t> socket_mode_of(std::string_view text);
 // Parses TOML text; `source_name` is the file name used in error messages.
 Result<Config> parse_config(std::string_view toml_text, std::string_view source_name);
 
-// Reads and parses a file. A missing file is an error only when `must_exist` (the operator named it with
-// --config); otherwise the built-in defaults apply.
+// A plan drop-in file: [[partitioning.gpu]] and [[partitioning.assign]] only, added to `plan`.
+Result<void> parse_plan_drop_in(std::string_view toml_text, std::string_view source_name,
+                                partitioning::PartitionPlan& plan);
+// Where the plan's drop-ins are: [partitioning] drop_in_dir, else plan.d beside the config file.
+std::filesystem::path plan_drop_in_dir(const partitioning::PartitionPlan& plan,
+                                       const std::filesystem::path& config_path);
+// Adds every *.toml of `dir` (in name order) to `plan`; a missing directory adds nothing.
+Result<void> load_plan_drop_ins(const std::filesystem::path& dir, partitioning::PartitionPlan& plan);
+
+// Reads and parses a file, then the plan drop-ins. A missing file is an error only when `must_exist` (the operator
+// named it with --config); otherwise the built-in defaults apply.
 Result<Config> load_config(const std::filesystem::path& path, bool must_exist);
 
 }  // namespace tally::agent

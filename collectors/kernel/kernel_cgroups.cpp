@@ -22,21 +22,27 @@ std::optional<std::string> CgroupNames::path_of(std::uint64_t id) {
   return std::nullopt;
 }
 
-void CgroupNames::walk() {
-  walked_this_round_ = true;
+std::map<std::uint64_t, std::string> list_cgroups(const std::filesystem::path& root) {
+  std::map<std::uint64_t, std::string> found;
   std::error_code ec;
-  if (auto id = cgroup_id_of(root_)) paths_[*id] = "/";
-  // Cgroups come and go while we walk: skip what vanished, never fail the walk. Names learnt from events stay:
-  // a removed cgroup keeps its name until its last counters were reported.
+  if (auto id = cgroup_id_of(root)) found[*id] = "/";
+  // Cgroups come and go while we walk: skip what vanished, never fail the walk.
   auto options = std::filesystem::directory_options::skip_permission_denied;
-  for (auto it = std::filesystem::recursive_directory_iterator(root_, options, ec);
+  for (auto it = std::filesystem::recursive_directory_iterator(root, options, ec);
        !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
     std::error_code type_error;
     if (!it->is_directory(type_error) || it->is_symlink(type_error)) continue;
     struct stat st{};
     if (::stat(it->path().c_str(), &st) != 0) continue;
-    paths_[static_cast<std::uint64_t>(st.st_ino)] = "/" + it->path().lexically_relative(root_).generic_string();
+    found[static_cast<std::uint64_t>(st.st_ino)] = "/" + it->path().lexically_relative(root).generic_string();
   }
+  return found;
+}
+
+void CgroupNames::walk() {
+  walked_this_round_ = true;
+  // Names learnt from events stay: a removed cgroup keeps its name until its last counters were reported.
+  for (auto& [id, path] : list_cgroups(root_)) paths_[id] = std::move(path);
 }
 
 void ProcessTable::apply(const KernelEvent& event) {

@@ -22,6 +22,9 @@ namespace tally::collectors {
 // The cgroup v2 id of the directory `path` (its inode number), as BPF sees it.
 Result<std::uint64_t> cgroup_id_of(const std::filesystem::path& path);
 
+// Every cgroup below `root` (a cgroup v2 mount) now, by id, with its path relative to it ("/" for the root).
+std::map<std::uint64_t, std::string> list_cgroups(const std::filesystem::path& root);
+
 // cgroup v2 id → path relative to the hierarchy root ("/" for the root, "/system.slice/foo.service"). Learnt from
 // the probes' cgroup events as cgroups are made, so that one that lives less than a report interval is named too,
 // and from walks of the hierarchy (at start, and at most once per round for an id no event named).

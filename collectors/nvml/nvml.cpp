@@ -18,11 +18,11 @@ Result<std::unique_ptr<NvmlLibrary>> NvmlLibrary::open(const std::string& librar
   }
   std::unique_ptr<NvmlLibrary> nvml(new NvmlLibrary(handle, library));
   std::vector<std::string> missing_required;
-#define TALLY_NVML_RESOLVE(name, use)                                          \
-  nvml->api_.name = reinterpret_cast<decltype(&::name)>(dlsym(handle, #name)); \
-  if (nvml->api_.name == nullptr) {                                            \
-    if ((use) == kNvmlRequired) missing_required.emplace_back(#name);          \
-    else nvml->missing_optional_.emplace_back(#name, (use));                   \
+#define TALLY_NVML_RESOLVE(name, use)                                            \
+  nvml->api_.name = reinterpret_cast<decltype(&::name)>(dlsym(handle, #name));   \
+  if (nvml->api_.name == nullptr) {                                              \
+    if ((use) == kNvmlRequired) missing_required.emplace_back(#name);            \
+    else nvml->missing_optional_.emplace_back(#name, static_cast<NvmlUse>(use)); \
   }
   TALLY_NVML_FUNCTIONS(TALLY_NVML_RESOLVE)
 #undef TALLY_NVML_RESOLVE

@@ -19,40 +19,64 @@
 namespace tally::collectors {
 
 // Who uses an optional symbol: a missing one is reported only to the feature that needed it (a pre-R550 driver
-// lacks nvmlDeviceGetRunningProcessDetailList, which topology never asks for).
-enum NvmlUse : unsigned { kNvmlRequired = 0, kNvmlTopology = 1, kNvmlAccounting = 2, kNvmlBoth = 3 };
+// lacks nvmlDeviceGetRunningProcessDetailList, which topology never asks for). A bit set: kNvmlBoth stays
+// topology|accounting; MIG partitioning (collectors/mig) is a third user of its own.
+enum NvmlUse : unsigned {
+  kNvmlRequired = 0,
+  kNvmlTopology = 1,
+  kNvmlAccounting = 2,
+  kNvmlBoth = 3,
+  kNvmlPartitioning = 4,
+};
 
 // X(name, use)
-#define TALLY_NVML_FUNCTIONS(X)                                       \
-  X(nvmlInit_v2, kNvmlRequired)                                       \
-  X(nvmlShutdown, kNvmlRequired)                                      \
-  X(nvmlErrorString, kNvmlRequired)                                   \
-  X(nvmlDeviceGetCount_v2, kNvmlRequired)                             \
-  X(nvmlDeviceGetHandleByIndex_v2, kNvmlRequired)                     \
-  X(nvmlDeviceGetPciInfo_v3, kNvmlRequired)                           \
-  X(nvmlSystemGetDriverVersion, kNvmlBoth)                            \
-  X(nvmlDeviceGetUUID, kNvmlBoth)                                     \
-  X(nvmlDeviceGetName, kNvmlBoth)                                     \
-  X(nvmlDeviceGetMemoryInfo, kNvmlBoth)                               \
-  X(nvmlDeviceGetMigMode, kNvmlBoth)                                  \
-  X(nvmlDeviceGetMaxMigDeviceCount, kNvmlBoth)                        \
-  X(nvmlDeviceGetMigDeviceHandleByIndex, kNvmlBoth)                   \
-  X(nvmlDeviceGetGpuInstanceId, kNvmlBoth)                            \
-  X(nvmlDeviceGetComputeInstanceId, kNvmlBoth)                        \
-  X(nvmlDeviceGetNvLinkState, kNvmlTopology)                          \
-  X(nvmlDeviceGetNvLinkRemotePciInfo_v2, kNvmlTopology)               \
-  X(nvmlDeviceGetNvLinkRemoteDeviceType, kNvmlTopology)               \
-  X(nvmlDeviceGetP2PStatus, kNvmlTopology)                            \
-  X(nvmlDeviceGetComputeRunningProcesses_v3, kNvmlAccounting)         \
-  X(nvmlDeviceGetGraphicsRunningProcesses_v3, kNvmlAccounting)        \
-  X(nvmlDeviceGetMPSComputeRunningProcesses_v3, kNvmlAccounting)      \
-  X(nvmlDeviceGetRunningProcessDetailList, kNvmlAccounting)           \
-  X(nvmlDeviceGetProcessUtilization, kNvmlAccounting)                 \
-  X(nvmlDeviceGetUtilizationRates, kNvmlAccounting)                   \
-  X(nvmlDeviceGetTotalEnergyConsumption, kNvmlAccounting)             \
-  X(nvmlDeviceGetPowerUsage, kNvmlAccounting)                         \
-  X(nvmlDeviceGetAccountingMode, kNvmlAccounting)                     \
-  X(nvmlDeviceGetAccountingStats, kNvmlAccounting)
+#define TALLY_NVML_FUNCTIONS(X)                                                   \
+  X(nvmlInit_v2, kNvmlRequired)                                                   \
+  X(nvmlShutdown, kNvmlRequired)                                                  \
+  X(nvmlErrorString, kNvmlRequired)                                               \
+  X(nvmlDeviceGetCount_v2, kNvmlRequired)                                         \
+  X(nvmlDeviceGetHandleByIndex_v2, kNvmlRequired)                                 \
+  X(nvmlDeviceGetPciInfo_v3, kNvmlRequired)                                       \
+  X(nvmlSystemGetDriverVersion, kNvmlBoth)                                        \
+  X(nvmlDeviceGetUUID, kNvmlBoth)                                                 \
+  X(nvmlDeviceGetName, kNvmlBoth)                                                 \
+  X(nvmlDeviceGetMemoryInfo, kNvmlBoth)                                           \
+  X(nvmlDeviceGetMigMode, kNvmlBoth | kNvmlPartitioning)                          \
+  X(nvmlDeviceGetMaxMigDeviceCount, kNvmlBoth)                                    \
+  X(nvmlDeviceGetMigDeviceHandleByIndex, kNvmlBoth)                               \
+  X(nvmlDeviceGetGpuInstanceId, kNvmlBoth)                                        \
+  X(nvmlDeviceGetComputeInstanceId, kNvmlBoth)                                    \
+  X(nvmlDeviceGetNvLinkState, kNvmlTopology)                                      \
+  X(nvmlDeviceGetNvLinkRemotePciInfo_v2, kNvmlTopology)                           \
+  X(nvmlDeviceGetNvLinkRemoteDeviceType, kNvmlTopology)                           \
+  X(nvmlDeviceGetP2PStatus, kNvmlTopology)                                        \
+  X(nvmlDeviceGetComputeRunningProcesses_v3, kNvmlAccounting | kNvmlPartitioning) \
+  X(nvmlDeviceGetGraphicsRunningProcesses_v3, kNvmlAccounting)                    \
+  X(nvmlDeviceGetMPSComputeRunningProcesses_v3, kNvmlAccounting)                  \
+  X(nvmlDeviceGetRunningProcessDetailList, kNvmlAccounting | kNvmlPartitioning)   \
+  X(nvmlDeviceGetProcessUtilization, kNvmlAccounting)                             \
+  X(nvmlDeviceGetUtilizationRates, kNvmlAccounting)                               \
+  X(nvmlDeviceGetTotalEnergyConsumption, kNvmlAccounting)                         \
+  X(nvmlDeviceGetPowerUsage, kNvmlAccounting)                                     \
+  X(nvmlDeviceGetAccountingMode, kNvmlAccounting)                                 \
+  X(nvmlDeviceGetAccountingStats, kNvmlAccounting)                                \
+  X(nvmlDeviceGetMinorNumber, kNvmlPartitioning)                                  \
+  X(nvmlDeviceSetMigMode, kNvmlPartitioning)                                      \
+  X(nvmlDeviceGetGpuInstanceProfileInfo, kNvmlPartitioning)                       \
+  X(nvmlDeviceGetGpuInstanceProfileInfoV, kNvmlPartitioning)                      \
+  X(nvmlDeviceGetGpuInstancePossiblePlacements_v2, kNvmlPartitioning)             \
+  X(nvmlDeviceGetGpuInstanceRemainingCapacity, kNvmlPartitioning)                 \
+  X(nvmlDeviceCreateGpuInstance, kNvmlPartitioning)                               \
+  X(nvmlDeviceCreateGpuInstanceWithPlacement, kNvmlPartitioning)                  \
+  X(nvmlGpuInstanceDestroy, kNvmlPartitioning)                                    \
+  X(nvmlDeviceGetGpuInstances, kNvmlPartitioning)                                 \
+  X(nvmlDeviceGetGpuInstanceById, kNvmlPartitioning)                              \
+  X(nvmlGpuInstanceGetInfo, kNvmlPartitioning)                                    \
+  X(nvmlGpuInstanceGetComputeInstanceProfileInfo, kNvmlPartitioning)              \
+  X(nvmlGpuInstanceCreateComputeInstance, kNvmlPartitioning)                      \
+  X(nvmlComputeInstanceDestroy, kNvmlPartitioning)                                \
+  X(nvmlGpuInstanceGetComputeInstances, kNvmlPartitioning)                        \
+  X(nvmlComputeInstanceGetInfo_v2, kNvmlPartitioning)
 
 struct NvmlFunctions {
 #define TALLY_NVML_MEMBER(name, use) decltype(&::name) name = nullptr;
@@ -71,7 +95,8 @@ class NvmlLibrary {
 
   const NvmlFunctions& api() const { return api_; }
   const std::string& path() const { return path_; }
-  // The optional symbols `user` (kNvmlTopology or kNvmlAccounting) would call that this library lacks.
+  // The optional symbols `user` (kNvmlTopology, kNvmlAccounting or kNvmlPartitioning) would call that this library
+  // lacks.
   std::vector<std::string> missing_optional(NvmlUse user) const;
   // nvmlErrorString() of `result`, e.g. "GPU is lost".
   std::string error_string(nvmlReturn_t result) const;

@@ -37,14 +37,21 @@ TestCgroupParent::TestCgroupParent(const std::filesystem::path& root)
   std::filesystem::create_directory(path_);
 }
 
-TestCgroupParent::~TestCgroupParent() {
-  // Children first; a cgroup whose last process just exited may stay busy for a moment, so poll.
+namespace {
+
+// Removes a cgroup and every cgroup below it, deepest first (rmdir refuses a cgroup with children). A cgroup whose
+// last process just exited may stay busy for a moment, so each rmdir is polled.
+void remove_cgroup_tree(const std::filesystem::path& cgroup) {
   std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(path_, ec)) {
-    if (entry.is_directory()) wait_until([&] { return ::rmdir(entry.path().c_str()) == 0 || errno == ENOENT; });
+  for (const auto& entry : std::filesystem::directory_iterator(cgroup, ec)) {
+    if (entry.is_directory(ec)) remove_cgroup_tree(entry.path());
   }
-  wait_until([&] { return ::rmdir(path_.c_str()) == 0 || errno == ENOENT; });
+  wait_until([&] { return ::rmdir(cgroup.c_str()) == 0 || errno == ENOENT; });
 }
+
+}  // namespace
+
+TestCgroupParent::~TestCgroupParent() { remove_cgroup_tree(path_); }
 
 std::filesystem::path TestCgroupParent::make_child(const std::string& name) const {
   const auto child = path_ / name;

@@ -19,7 +19,7 @@ namespace tally::test {
 // Where cgroup v2 is mounted: /sys/fs/cgroup (pure v2) or /sys/fs/cgroup/unified (hybrid); nullopt if neither.
 std::optional<std::filesystem::path> cgroup2_root();
 
-// <root>/tally-test-<pid>: made on construction, removed (with its children) on destruction.
+// <root>/tally-test-<pid>: made on construction, removed (with every cgroup below it) on destruction.
 class TestCgroupParent {
  public:
   explicit TestCgroupParent(const std::filesystem::path& root);
