@@ -164,10 +164,12 @@ class SchemaReader {
 };
 
 Result<void> read_agent(const SchemaReader& reader, const toml::table& table, AgentSection& agent) {
-  TALLY_TRY(reader.reject_unknown(table, "agent", {"node_id", "log_level", "state_dir", "checkpoint_interval_ms"}));
+  TALLY_TRY(reader.reject_unknown(table, "agent",
+                                  {"node_id", "log_level", "state_dir", "checkpoint_interval_ms", "control_socket"}));
   TALLY_TRY(reader.read_string(table, "agent", "node_id", agent.node_id));
   TALLY_TRY(reader.read_string(table, "agent", "log_level", agent.log_level));
   TALLY_TRY(reader.read_path(table, "agent", "state_dir", agent.state_dir));
+  TALLY_TRY(reader.read_path(table, "agent", "control_socket", agent.control_socket, /*allow_empty=*/true));
   TALLY_TRY(reader.read_uint(table, "agent", "checkpoint_interval_ms", 100, 3'600'000, agent.checkpoint_interval_ms));
   if (spdlog::level::from_str(agent.log_level) == spdlog::level::off && agent.log_level != "off") {
     return reader.error_at(table.get("log_level")->source(), "agent.log_level",
@@ -448,15 +450,24 @@ Result<void> read_metering(const SchemaReader& reader, const toml::table& table,
 
 }  // namespace
 
-Result<Config> parse_config(std::string_view toml_text, std::string_view source_name) {
-  // Debian's toml++ is built with exceptions: a syntax error arrives as toml::parse_error.
-  toml::table root;
+namespace {
+
+// Debian's toml++ is built with exceptions: a syntax error arrives as toml::parse_error.
+Result<toml::table> parse_toml(std::string_view toml_text, std::string_view source_name) {
   try {
-    root = toml::parse(toml_text, source_name);
+    return toml::parse(toml_text, source_name);
   } catch (const toml::parse_error& err) {
     return make_error(ErrorCode::invalid_argument, "{}:{}:{}: {}", source_name, err.source().begin.line,
                       err.source().begin.column, err.description());
   }
+}
+
+}  // namespace
+
+Result<Config> parse_config(std::string_view toml_text, std::string_view source_name) {
+  auto parsed = parse_toml(toml_text, source_name);
+  if (!parsed) return parsed.error();
+  const toml::table& root = *parsed;
   const SchemaReader reader(source_name);
   Config config;
   TALLY_TRY(reader.reject_unknown(root, "",
@@ -505,13 +516,9 @@ Result<Config> parse_config(std::string_view toml_text, std::string_view source_
 
 Result<void> parse_plan_drop_in(std::string_view toml_text, std::string_view source_name,
                                 partitioning::PartitionPlan& plan) {
-  toml::table root;
-  try {
-    root = toml::parse(toml_text, source_name);
-  } catch (const toml::parse_error& err) {
-    return make_error(ErrorCode::invalid_argument, "{}:{}:{}: {}", source_name, err.source().begin.line,
-                      err.source().begin.column, err.description());
-  }
+  auto parsed = parse_toml(toml_text, source_name);
+  if (!parsed) return parsed.error();
+  const toml::table& root = *parsed;
   const SchemaReader reader(source_name);
   TALLY_TRY(reader.reject_unknown(root, "", {"partitioning"}));
   auto section = reader.section(root, "partitioning");

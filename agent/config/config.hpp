@@ -28,6 +28,8 @@ struct AgentSection {
   std::string state_dir = "/var/lib/tally";  // the ledger's checkpoint (ledger.checkpoint)
   // How often the checkpoint is written at most while usage changes (sooner when something retired waits for it).
   std::uint32_t checkpoint_interval_ms = 5000;
+  // tallyctl's way in (`tallyctl plan ...`): a Unix socket only root can connect to; "": none. Read at start.
+  std::string control_socket = "/run/tally/control.sock";
   bool operator==(const AgentSection&) const = default;
 };
 

@@ -79,6 +79,18 @@ std::string format_event(const v1::Event& event) {
       return fmt::format("event GpuFailure {} call={} error=\"{}\"{}", e.has_gpu() ? gpu_name(e.gpu()) : "node",
                          e.call(), e.error(), e.lost() ? " lost" : "");
     }
+    case v1::Event::kPartition: {
+      const auto& e = event.partition();
+      std::string line = fmt::format("event Partition {} generation={}",
+                                     v1::PartitionEvent::Kind_Name(e.kind()).substr(5), e.generation());
+      if (!e.workload().empty()) line += fmt::format(" workload={}", e.workload());
+      if (!e.gpu().empty()) line += fmt::format(" gpu={}", e.gpu());
+      if (!e.device().empty()) line += fmt::format(" device={} count={} pid={} comm={}", e.device(), e.count(), e.pid(),
+                                                   e.comm());
+      if (!e.cgroup().empty()) line += fmt::format(" cgroup={}", e.cgroup());
+      if (!e.detail().empty()) line += fmt::format(" detail=\"{}\"", e.detail());
+      return line;
+    }
     case v1::Event::BODY_NOT_SET: break;
   }
   return "event (unknown)";

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "agent/base/unique_fd.hpp"
+#include "collectors/kernel/bpf_skeleton.hpp"
 #include "ebpf/tally_policy_abi.h"
 
 #if TALLY_HAVE_BPF_PROGRAMS
@@ -49,13 +50,6 @@ std::filesystem::path pinned_link(const std::filesystem::path& dir, std::string_
 #if TALLY_HAVE_BPF_PROGRAMS
 
 namespace {
-
-template <typename Skeleton, void (*Destroy)(Skeleton*)>
-struct SkeletonDeleter {
-  void operator()(Skeleton* skeleton) const { Destroy(skeleton); }
-};
-template <typename Skeleton, void (*Destroy)(Skeleton*)>
-using SkeletonPtr = std::unique_ptr<Skeleton, SkeletonDeleter<Skeleton, Destroy>>;
 
 struct RingBufferDeleter {
   void operator()(ring_buffer* ring) const { ring_buffer__free(ring); }
@@ -112,6 +106,8 @@ Result<void> detach_link(int fd, std::string_view what) {
 }
 
 }  // namespace
+
+using collectors::SkeletonPtr;
 
 struct DevicePolicy::Impl {
   SkeletonPtr<tally_gpu_policy, tally_gpu_policy__destroy> device;

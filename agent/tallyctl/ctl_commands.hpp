@@ -11,5 +11,6 @@ void add_top_command(CLI::App& app, int& exit_status);
 void add_gpus_command(CLI::App& app, int& exit_status);
 void add_topo_command(CLI::App& app, int& exit_status);
 void add_probes_command(CLI::App& app, int& exit_status);
+void add_plan_command(CLI::App& app, int& exit_status);
 
 }  // namespace tally::agent

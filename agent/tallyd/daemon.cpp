@@ -13,7 +13,9 @@
 #include <systemd/sd-daemon.h>
 
 #include "agent/base/clock.hpp"
+#include "agent/base/files.hpp"
 #include "agent/base/logging.hpp"
+#include "agent/base/proc.hpp"
 #include "agent/base/version.hpp"
 #include "agent/checkpoint/checkpoint.hpp"
 #include "agent/feed/publisher.hpp"
@@ -21,7 +23,9 @@
 #include "agent/feed/usage_report.hpp"
 #include "agent/ledger/ledger.hpp"
 #include "agent/tallyd/client_usage.hpp"
+#include "agent/tallyd/control_server.hpp"
 #include "agent/tallyd/event_loop.hpp"
+#include "agent/tallyd/gpu_partitioning.hpp"
 #include "agent/tallyd/gpu_usage.hpp"
 #include "agent/tallyd/kernel_usage.hpp"
 #include "agent/tallyd/self_usage.hpp"
@@ -34,6 +38,7 @@
 namespace tally::agent {
 namespace {
 
+using partitioning::PartitionPlan;
 using std::chrono::milliseconds;
 
 // How late a timer may fire (sd-event coalesces wake-ups within it). Draining is what keeps client lanes from
@@ -43,6 +48,7 @@ constexpr milliseconds kReportAccuracy{2};
 constexpr milliseconds kHeartbeatAccuracy{20};
 constexpr milliseconds kDeviceSettle{200};  // quiet time after the last device event
 constexpr milliseconds kDeviceSettleAccuracy{10};
+constexpr milliseconds kPartitionResync{1000};  // new cgroups matched again at most once a second
 
 void fill_probe_state(const collectors::ProbeState& state, v1::ProbeState& out) {
   switch (state.state) {
@@ -90,6 +96,8 @@ class Daemon {
     TALLY_TRY(arm_timers());
     watch_devices();
     start_kernel_source();
+    start_partitioning();
+    start_control();
     start_metering();
     start_gpu_accounting();
     publish_topology();
@@ -432,25 +440,156 @@ class Daemon {
     EventLoop::set_periodic_running(metering_timer_.get(), metering_->live_segments() > 0);
   }
 
+  // ---- GPU partitioning (docs/partitioning.md) ---------------------------------------------------------------
+
+  // Applied before READY=1, so that units ordered after tallyd (kubelet, slurmd) start with the geometry and the
+  // policy in force. A node whose plan restricts nothing, with no policy pinned before, attaches nothing.
+  void start_partitioning() {
+    const PartitionPlan& plan = config_.partitioning;
+    std::error_code ec;
+    const bool pinned = !plan.pin_dir.empty() && std::filesystem::exists(std::filesystem::path(plan.pin_dir) / "maps", ec);
+    if (!plan.restricts() && plan.gpus.empty() && !pinned) return;
+    if (ensure_partitioning()) apply_plan(plan);
+  }
+
+  bool ensure_partitioning() {
+    if (partitioning_) return true;
+    auto root = find_cgroup2_mount();
+    if (!root) {
+      spdlog::error("partitioning off: no cgroup v2 hierarchy to attach the GPU device policy to: {}",
+                    root.error().message);
+      return false;
+    }
+    GpuPartitioningOptions options;
+    options.cgroup2_root = *root;
+    options.nvml_library = config_.topology.nvml_library;
+    options.identity = config_.identity;
+    partitioning_ = std::make_unique<GpuPartitioning>(std::move(options), [this](const v1::PartitionEvent& event) {
+      v1::Envelope envelope;
+      *envelope.mutable_event()->mutable_partition() = event;
+      publisher_->publish(envelope);
+    });
+    auto resync = loop_->add_oneshot(kDeviceSettleAccuracy, [this] { partitioning_->resync(); });
+    if (resync) partition_resync_timer_ = std::move(*resync);
+    return true;
+  }
+
+  void apply_plan(const PartitionPlan& plan) {
+    last_plan_report_ = partitioning_->apply(plan);
+    watch_partition_events();
+  }
+
+  // The policy's ring buffer changes with the policy (attached, released): watched anew after each change.
+  void watch_partition_events() {
+    const int fd = partitioning_->events_fd();
+    if (fd == partition_events_fd_) return;
+    partition_events_.reset();
+    partition_events_fd_ = -1;
+    if (fd < 0) return;
+    auto source = loop_->add_io(fd, EPOLLIN, [this](std::uint32_t) {
+      partitioning_->on_events();
+      // New cgroups were given their grants: matched all again soon (one pass for a burst), pruning removed ones.
+      if (partitioning_->wants_resync() && partition_resync_timer_) {
+        EventLoop::arm_oneshot(partition_resync_timer_.get(), kPartitionResync);
+      }
+    });
+    if (!source) {
+      spdlog::warn("partitioning: denials and new cgroups are not watched: {}", source.error().message);
+      return;
+    }
+    partition_events_ = std::move(*source);
+    partition_events_fd_ = fd;
+  }
+
+  void start_control() {
+    if (config_.agent.control_socket.empty()) return;
+    auto server = ControlServer::start(config_.agent.control_socket, *loop_,
+                                       [this](const nlohmann::json& request) { return on_control(request); });
+    if (!server) {
+      spdlog::error("control socket off (tallyctl plan cannot reach this agent): {}", server.error().message);
+      return;
+    }
+    control_ = std::move(*server);
+  }
+
+  nlohmann::json on_control(const nlohmann::json& request) {
+    const std::string command = request.value("command", "");
+    if (command == "plan.apply") {
+      // The same as SIGHUP: the configuration and its plan drop-ins read again, the plan brought into force.
+      last_plan_report_ = {{"enforcing", false}, {"changes", nlohmann::json::array()}};
+      if (auto error = reload(); !error.empty()) return {{"error", error}};
+      return last_plan_report_;
+    }
+    if (command == "plan.diff") {
+      auto plan = plan_for_diff(request.value("file", ""));
+      if (!plan) return {{"error", plan.error().message}};
+      if (!ensure_partitioning()) return {{"error", "no cgroup v2 hierarchy here"}};
+      return partitioning_->preview(*plan);
+    }
+    if (!partitioning_) {
+      if (command == "plan.show") return {{"enforcing", false}, {"generation", 0}};
+      if (command == "plan.clear") {
+        auto removed = partitioning::DevicePolicy::remove_pinned(config_.partitioning.pin_dir);
+        if (!removed) return {{"error", removed.error().message}};
+        return {{"released", *removed}};
+      }
+    } else if (command == "plan.show") {
+      return partitioning_->show();
+    } else if (command == "plan.clear") {
+      nlohmann::json reply = partitioning_->clear();
+      watch_partition_events();
+      return reply;
+    }
+    return {{"error", fmt::format("unknown command '{}'", command)}};
+  }
+
+  // `tallyctl plan diff FILE`: a plan drop-in is previewed as added to the running plan (a drop-in of the same
+  // name replaced); any other file as a whole configuration, with its own drop-ins.
+  Result<PartitionPlan> plan_for_diff(const std::string& file) {
+    if (file.empty() || file.front() != '/') {
+      return make_error(ErrorCode::invalid_argument, "plan.diff needs an absolute file path");
+    }
+    auto text = read_file(file);
+    if (!text) return make_error(ErrorCode::io, "{}: cannot be read", file);
+    PartitionPlan plan = config_.partitioning;
+    const std::filesystem::path name = std::filesystem::path(file).filename();
+    const auto drop_ins = plan_drop_in_dir(plan, options_.config_path);
+    std::erase_if(plan.gpus, [&](const auto& gpu) { return gpu.origin.starts_with((drop_ins / name).string() + ":"); });
+    std::erase_if(plan.assignments,
+                  [&](const auto& assign) { return assign.origin.starts_with((drop_ins / name).string() + ":"); });
+    if (parse_plan_drop_in(*text, file, plan)) return plan;
+    auto config = load_config(file, /*must_exist=*/true);
+    if (!config) return config.error();
+    return config->partitioning;
+  }
+
   // ---- Life cycle --------------------------------------------------------------------------------------------
 
-  void reload() {
+  // SIGHUP (and `tallyctl plan apply`): an error leaves the running configuration in force and is returned.
+  std::string reload() {
     sd_notifyf(0, "RELOADING=1\nSTATUS=reloading %s", options_.config_path.c_str());
     auto loaded = load_config(options_.config_path, options_.config_path_explicit);
     if (!loaded) {
       spdlog::error("reload: keeping the running configuration: {}", loaded.error().message);
       sd_notifyf(0, "READY=1\nSTATUS=%s (reload failed, see log)", status_line().c_str());
-      return;
+      return loaded.error().message;
     }
+    std::string error;
     if (auto applied = apply(std::move(*loaded)); !applied) {
       spdlog::error("reload: keeping the running configuration: {}", applied.error().message);
+      error = applied.error().message;
     } else {
       ++config_generation_;
       spdlog::info("reload: configuration {} applied (generation {})", options_.config_path.string(),
                    config_generation_);
       publish_topology();
+      const PartitionPlan& plan = config_.partitioning;
+      if (partitioning_ || plan.restricts() || !plan.gpus.empty()) {
+        if (ensure_partitioning()) apply_plan(plan);
+      }
     }
     sd_notifyf(0, "READY=1\nSTATUS=%s", status_line().c_str());
+    return error;
   }
 
   // Applies a new configuration; on error the running one stays in force, untouched. Sources and the state
@@ -478,6 +617,10 @@ class Daemon {
 
   void stop() {
     sd_notify(0, "STOPPING=1\nSTATUS=stopping: publishing the final report");
+    if (partitioning_) {
+      partition_events_.reset();
+      partitioning_->stop();
+    }
     publish_usage(true);
     spdlog::info("tallyd stopping: final report published (sequence {})", publisher_->messages_published());
     loop_->exit(0);
@@ -524,6 +667,13 @@ class Daemon {
   std::unique_ptr<ClientUsage> client_usage_;
   std::unique_ptr<shm::MeteringSource> metering_;
   EventSource metering_io_, metering_timer_;
+
+  // GPU partitioning and tallyctl's control socket.
+  std::unique_ptr<GpuPartitioning> partitioning_;
+  EventSource partition_events_, partition_resync_timer_;
+  int partition_events_fd_ = -1;
+  nlohmann::json last_plan_report_;  // what the last apply did (`tallyctl plan apply` answers it)
+  std::unique_ptr<ControlServer> control_;
 };
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include <spdlog/spdlog.h>
 
 #include "agent/base/unique_fd.hpp"
+#include "collectors/kernel/bpf_skeleton.hpp"
 #include "collectors/kernel/kernel_cgroups.hpp"
 #include "ebpf/tally_abi.h"
 
@@ -166,13 +167,6 @@ std::array<std::uint8_t, TALLY_MAX_SYSCALLS> syscall_kinds() {
   set(SYS_sendmmsg, TALLY_SYSCALL_SOCK_SENDMMSG);
   return kinds;
 }
-
-template <typename Skeleton, void (*Destroy)(Skeleton*)>
-struct SkeletonDeleter {
-  void operator()(Skeleton* skeleton) const { Destroy(skeleton); }
-};
-template <typename Skeleton, void (*Destroy)(Skeleton*)>
-using SkeletonPtr = std::unique_ptr<Skeleton, SkeletonDeleter<Skeleton, Destroy>>;
 
 struct LinkDeleter {
   void operator()(bpf_link* link) const { bpf_link__destroy(link); }

@@ -37,6 +37,8 @@ class TallydProcess {
   const TempDir& dir() const { return dir_; }
   std::filesystem::path config_path() const { return dir_ / "tally.toml"; }
   void rewrite_config(const std::string& text) const { dir_.write("tally.toml", text); }
+  // [agent] control_socket of its config (what `tallyctl plan --socket` takes).
+  std::string control_socket() const;
 
  private:
   TempDir dir_;

@@ -1,0 +1,82 @@
+#pragma once
+// GPU partitioning's wiring (docs/partitioning.md): the plan brought into force at start, on SIGHUP and on
+// `tallyctl plan apply`. MIG geometry first (through NVML, one GPU at a time), then the GPU device nodes read again
+// (minors may move), the plan compiled against the cgroups there are now, and the BPF device policy brought to it.
+// A cgroup made later is covered by the kernel when its path was foreseeable, else here when its mkdir is seen.
+// Every decision is a PartitionEvent on the feed and a journal line naming the plan generation.
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/base/result.hpp"
+#include "agent/base/workload_identity.hpp"
+#include "agent/partitioning/device_policy.hpp"
+#include "agent/partitioning/plan.hpp"
+#include "agent/partitioning/policy.hpp"
+#include "collectors/nvml/nvml.hpp"
+#include "tally/v1/event.pb.h"
+
+namespace tally::agent {
+
+struct GpuPartitioningOptions {
+  std::filesystem::path cgroup2_root;  // where the device program attaches and cgroups are listed
+  std::string nvml_library;            // empty: no NVML (no MIG; minors from /proc/driver/nvidia)
+  IdentityRules identity;
+  FsRoot fs;                           // /proc for the inventory
+};
+
+class GpuPartitioning {
+ public:
+  using Publish = std::function<void(const v1::PartitionEvent&)>;
+  GpuPartitioning(GpuPartitioningOptions options, Publish publish);
+  ~GpuPartitioning();
+
+  // Brings `plan` into force. A plan that restricts nothing, with no policy pinned before, attaches nothing. The
+  // report says what changed and what was refused (JSON: the control socket's answer).
+  nlohmann::json apply(const partitioning::PartitionPlan& plan);
+  // What apply(plan) would do, doing nothing: MIG steps, changes of who may open what, refusals.
+  nlohmann::json preview(const partitioning::PartitionPlan& plan);
+  // The state in force: geometry, assignments, what each workload may open, denials so far.
+  nlohmann::json show();
+  // Detaches the policy and removes its pins (`tallyctl plan clear`); the next apply attaches it again.
+  nlohmann::json clear();
+  // The agent stops: on_stop = "release" detaches; "keep" leaves the pinned policy in force.
+  void stop();
+
+  // The policy's ring buffer (denials, new cgroups), -1 while no policy is attached; on_events() when readable.
+  int events_fd() const;
+  void on_events();
+  // A cgroup was made since the last apply: re-match every cgroup (coalesced by the caller), pruning removed ones.
+  void resync();
+  bool wants_resync() const { return resync_wanted_; }
+
+  std::uint64_t generation() const { return generation_; }
+
+ private:
+  struct Compiled;
+  Result<void> ensure_policy(std::uint64_t& previous);
+  Compiled compile(const partitioning::PartitionPlan& plan);
+  nlohmann::json reconcile_geometry(const partitioning::PartitionPlan& plan, bool dry_run);
+  void publish(v1::PartitionEvent::Kind kind, std::string gpu, std::string detail);
+  std::string workload_of(std::uint64_t cgroup_id);
+
+  GpuPartitioningOptions options_;
+  Publish publish_;
+  std::unique_ptr<collectors::NvmlLibrary> nvml_;
+  std::string nvml_error_;
+  std::unique_ptr<partitioning::DevicePolicy> policy_;
+  std::unique_ptr<Compiled> in_force_;
+  partitioning::PartitionPlan plan_;
+  std::map<std::uint64_t, std::string> cgroup_paths_;
+  std::uint64_t generation_ = 0;
+  bool resync_wanted_ = false;
+};
+
+}  // namespace tally::agent
