@@ -4,6 +4,7 @@
 #include <array>
 #include <cctype>
 #include <charconv>
+#include <filesystem>
 #include <map>
 #include <sstream>
 
@@ -105,6 +106,53 @@ std::vector<ProcGpu> read_proc_gpus(const FsRoot& fs) {
   }
   // NVML's default order (CUDA_DEVICE_ORDER=PCI_BUS_ID): by bus id.
   std::sort(gpus.begin(), gpus.end(), [](const ProcGpu& a, const ProcGpu& b) {
+    return canonical_bus_id(a.bus_id) < canonical_bus_id(b.bus_id);
+  });
+  return gpus;
+}
+
+// A DRM node's device number from sysfs ("226:128").
+std::optional<DeviceNode> drm_node(const FsRoot& fs, const std::string& entry) {
+  const auto dev = fs.read_line(fmt::format("sys/class/drm/{}/dev", entry));
+  if (!dev) return std::nullopt;
+  const std::size_t colon = dev->find(':');
+  if (colon == std::string::npos) return std::nullopt;
+  const auto major = number(std::string_view(*dev).substr(0, colon));
+  const auto minor = number(std::string_view(*dev).substr(colon + 1));
+  if (!major || !minor) return std::nullopt;
+  return DeviceNode{*major, *minor, fmt::format("/dev/dri/{}", entry)};
+}
+
+// The PCI function a DRM node belongs to: the name its `device` link points at ("0000:c1:00.0").
+std::string drm_bus_id(const FsRoot& fs, const std::string& entry) {
+  std::error_code ec;
+  const auto target = std::filesystem::read_symlink(fs.path(fmt::format("sys/class/drm/{}/device", entry)), ec);
+  return ec ? std::string() : target.filename().string();
+}
+
+constexpr std::string_view kAmdVendor = "0x1002";
+
+// AMD GPUs from /sys/class/drm: each render node of vendor 0x1002, with the card node of the same PCI function.
+std::vector<GpuNodes> read_amd_gpus(const FsRoot& fs) {
+  std::vector<GpuNodes> gpus;
+  const std::vector<std::string> entries = fs.list("sys/class/drm");
+  for (const std::string& entry : entries) {
+    if (!entry.starts_with("renderD")) continue;
+    if (fs.read_line(fmt::format("sys/class/drm/{}/device/vendor", entry)).value_or("") != kAmdVendor) continue;
+    GpuNodes gpu;
+    gpu.vendor = "amd";
+    gpu.bus_id = drm_bus_id(fs, entry);
+    gpu.name = fmt::format("AMD GPU {}", fs.read_line(fmt::format("sys/class/drm/{}/device/device", entry)).value_or("?"));
+    gpu.node = drm_node(fs, entry);
+    for (const std::string& card : entries) {
+      // card<N> itself, not its connectors (card0-DP-1).
+      if (!card.starts_with("card") || card.find('-') != std::string::npos) continue;
+      if (gpu.bus_id.empty() || drm_bus_id(fs, card) != gpu.bus_id) continue;
+      if (auto node = drm_node(fs, card)) gpu.also.push_back(*node);
+    }
+    gpus.push_back(std::move(gpu));
+  }
+  std::sort(gpus.begin(), gpus.end(), [](const GpuNodes& a, const GpuNodes& b) {
     return canonical_bus_id(a.bus_id) < canonical_bus_id(b.bus_id);
   });
   return gpus;
@@ -238,6 +286,11 @@ GpuInventory read_gpu_inventory(const collectors::NvmlLibrary* nvml, const FsRoo
       if (proc.minor) gpu.node = gpu_node(*proc.minor);
       inventory.gpus.push_back(std::move(gpu));
     }
+  }
+  for (GpuNodes& gpu : read_amd_gpus(fs)) {
+    gpu.index = static_cast<unsigned>(inventory.gpus.size());
+    if (!gpu.node) inventory.problems.push_back(fmt::format("AMD GPU {}: its render node's number is unknown", gpu.bus_id));
+    inventory.gpus.push_back(std::move(gpu));
   }
   for (GpuNodes& gpu : inventory.gpus) {
     if (!gpu.node) continue;

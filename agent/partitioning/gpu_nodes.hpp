@@ -4,6 +4,8 @@
 // nvidia-caps major, minors from /proc/driver/nvidia-caps/mig-minors, keyed by the GPU's minor). GPUs and slices
 // come from NVML where it is loaded (index, UUID, bus id, minor, MIG devices), else from
 // /proc/driver/nvidia/gpus/*/information (no slices). Read again after any MIG change: minors may move.
+// AMD GPUs (amdgpu) come from /sys/class/drm: each one's render node and card node (major 226), numbered after the
+// NVIDIA GPUs in PCI bus order; /dev/kfd is one node for all of them and stays open.
 
 #include <cstdint>
 #include <optional>
@@ -42,8 +44,10 @@ struct SliceNodes {
 
 struct GpuNodes {
   unsigned index = 0;
+  std::string vendor = "nvidia";  // or "amd"
   std::string uuid, bus_id, name;
-  std::optional<DeviceNode> node;  // /dev/nvidia<minor>; unset when the minor is unknown
+  std::optional<DeviceNode> node;  // /dev/nvidia<minor> (AMD: /dev/dri/renderD<n>); unset when the minor is unknown
+  std::vector<DeviceNode> also;    // more nodes of the same GPU (AMD: /dev/dri/card<n>)
   bool mig_enabled = false;
   std::vector<SliceNodes> slices;
   bool operator==(const GpuNodes&) const = default;

@@ -30,6 +30,7 @@ std::uint64_t grants_of_workload(const std::vector<Grant>& grants, const Partiti
 std::vector<DeviceNode> whole_gpu_nodes(const GpuNodes& gpu) {
   std::vector<DeviceNode> nodes;
   if (gpu.node) nodes.push_back(*gpu.node);
+  nodes.insert(nodes.end(), gpu.also.begin(), gpu.also.end());
   for (const SliceNodes& slice : gpu.slices) nodes.insert(nodes.end(), slice.caps.begin(), slice.caps.end());
   return nodes;
 }
@@ -206,6 +207,7 @@ CompiledPolicy compile_policy(const PartitionPlan& plan, const GpuInventory& inv
   for (const std::string& workload : workloads) {
     const std::uint64_t grants = grants_of_workload(out.grants, plan, workload);
     for (const std::string& path : foreseeable_paths(workload, rules)) out.tables.paths[path] = grants;
+    if (grants == kAllGrants) continue;  // a system client opens everything: saying so per node is noise
     for (const auto& [device, device_grants] : out.tables.devices) {
       if ((device_grants & grants) == 0) continue;
       for (const GpuNodes& gpu : inventory.gpus) {

@@ -55,7 +55,7 @@ struct CompiledPolicy {
   std::vector<Grant> grants;
   std::vector<CgroupGrant> cgroups;   // existing cgroups that hold grants
   std::vector<std::string> problems;  // what the plan names that this node cannot honour (and was left out)
-  // workload → the device nodes it may open that others may not (for plan show).
+  // workload → the restricted device nodes it may open (for plan show and diff; system clients open them all).
   std::map<std::string, std::set<std::string>> can_open;
 };
 

@@ -134,9 +134,10 @@ int print_show(const json& state) {
     }
     if (gpu.value("mig", false)) fmt::print("     MIG on: {}\n", instances.empty() ? "no instances" : fmt::format("{}", fmt::join(instances, ", ")));
     for (const auto& slice : gpu.value("slices", json::array())) {
+      const auto caps = strings(slice.value("caps", json::array()));
       fmt::print("     {}/mig/{}  GI {} CI {}  {}  {}\n", gpu.value("index", 0), slice.value("index", 0),
                  slice.value("gpu_instance_id", 0), slice.value("compute_instance_id", 0), slice.value("uuid", ""),
-                 fmt::join(strings(slice.value("caps", json::array())), " "));
+                 caps.empty() ? "(no capability device files)" : fmt::format("{}", fmt::join(caps, " ")));
     }
   }
   std::vector<std::string> lines;
@@ -146,8 +147,11 @@ int print_show(const json& state) {
                                 assignment.value("origin", "")));
   }
   print_list("assignments", lines);
+  const auto system_clients = strings(state.value("system_clients", json::array()));
+  if (!system_clients.empty()) fmt::print("system clients (every GPU): {}\n", fmt::join(system_clients, ", "));
   lines.clear();
-  for (const auto& [workload, nodes] : state.value("can_open", json::object()).items()) {
+  const json can_open = state.value("can_open", json::object());  // items() of a temporary would dangle
+  for (const auto& [workload, nodes] : can_open.items()) {
     lines.push_back(fmt::format("{}: {}", workload, fmt::join(strings(nodes), " ")));
   }
   print_list("restricted nodes each workload may open", lines);

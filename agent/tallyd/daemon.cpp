@@ -488,7 +488,7 @@ class Daemon {
     if (fd < 0) return;
     auto source = loop_->add_io(fd, EPOLLIN, [this](std::uint32_t) {
       partitioning_->on_events();
-      // New cgroups were given their grants: matched all again soon (one pass for a burst), pruning removed ones.
+      // New cgroups were given their grants (or many were made): all matched again soon, one pass for a burst.
       if (partitioning_->wants_resync() && partition_resync_timer_) {
         EventLoop::arm_oneshot(partition_resync_timer_.get(), kPartitionResync);
       }
@@ -607,6 +607,7 @@ class Daemon {
     next.metering = config_.metering;
     next.probes = config_.probes;
     next.gpu = config_.gpu;
+    next.agent.control_socket = config_.agent.control_socket;
     config_ = std::move(next);
     if (timers_changed) TALLY_TRY(arm_timers());
     if (!options_.log_level_override) {

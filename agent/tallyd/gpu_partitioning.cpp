@@ -130,11 +130,12 @@ GpuPartitioning::Compiled GpuPartitioning::compile(const PartitionPlan& plan) {
   compiled.inventory = partitioning::read_gpu_inventory(nvml_.get(), options_.fs);
   for (const auto& gpu : compiled.inventory.gpus) {
     if (gpu.node) compiled.node_paths[{gpu.node->major, gpu.node->minor}] = gpu.node->path;
+    for (const auto& node : gpu.also) compiled.node_paths[{node.major, node.minor}] = node.path;
     for (const auto& slice : gpu.slices) {
       for (const auto& cap : slice.caps) compiled.node_paths[{cap.major, cap.minor}] = cap.path;
     }
   }
-  cgroup_paths_ = collectors::list_cgroups(options_.cgroup2_root);
+  list_cgroups();
   std::optional<partitioning::CgroupRef> own;
   if (auto self = identify_process(options_.fs, ::getpid(), options_.identity); self && self->cgroup_path != "/") {
     const auto relative = std::filesystem::path(self->cgroup_path).relative_path();
@@ -163,6 +164,8 @@ json GpuPartitioning::reconcile_geometry(const PartitionPlan& plan, bool dry_run
       refuse(fmt::format("MIG geometry is set through NVML, which is not loaded: {}", nvml_error_));
     } else if (gpu == nullptr) {
       refuse(fmt::format("GPU '{}' is not on this node", wanted.select));
+    } else if (gpu->vendor != "nvidia") {
+      refuse(fmt::format("GPU {} is an {} GPU: MIG geometry is NVIDIA's", gpu->index, gpu->vendor));
     } else if (const nvmlReturn_t status = nvml_->api().nvmlDeviceGetHandleByIndex_v2(gpu->index, &handle);
                status != NVML_SUCCESS) {
       refuse(fmt::format("nvmlDeviceGetHandleByIndex_v2({}): {}", gpu->index, nvml_->error_string(status)));
@@ -242,6 +245,7 @@ json GpuPartitioning::apply(const PartitionPlan& plan) {
     return report;
   }
   if (auto started = ensure_policy(previous); !started) {
+    if (!geometry_changed) generation_ = previous;
     const std::string reason = fmt::format("device policy not attached: {}", started.error().message);
     spdlog::error("partitioning: {}", reason);
     publish(v1::PartitionEvent::KIND_REFUSED, "", reason);
@@ -309,7 +313,7 @@ json GpuPartitioning::show() {
   const GpuInventory inventory = partitioning::read_gpu_inventory(nvml_.get(), options_.fs);
   json gpus = json::array();
   for (const auto& gpu : inventory.gpus) {
-    json entry{{"index", gpu.index}, {"uuid", gpu.uuid}, {"bus_id", gpu.bus_id}, {"name", gpu.name},
+    json entry{{"index", gpu.index}, {"vendor", gpu.vendor}, {"uuid", gpu.uuid}, {"bus_id", gpu.bus_id}, {"name", gpu.name},
                {"node", gpu.node ? gpu.node->path : ""}, {"mig", gpu.mig_enabled}, {"slices", slices_json(gpu)}};
     nvmlDevice_t handle = nullptr;
     if (nvml_ && gpu.mig_enabled && nvml_->api().nvmlDeviceGetHandleByIndex_v2(gpu.index, &handle) == NVML_SUCCESS) {
@@ -400,16 +404,26 @@ void GpuPartitioning::stop() {
     return;
   }
   policy_.reset();
-  spdlog::info("partitioning: generation {}: device policy released (on_stop = \"release\")", generation_);
-  publish(v1::PartitionEvent::KIND_RELEASED, "", "tallyd stopped with on_stop = \"release\"");
+  const std::string why = plan_.pin_dir.empty() ? "tallyd stopped and the policy is not pinned (pin_dir = \"\")"
+                                                : "tallyd stopped with on_stop = \"release\"";
+  spdlog::info("partitioning: generation {}: device policy released: {}", generation_, why);
+  publish(v1::PartitionEvent::KIND_RELEASED, "", why);
 }
 
 int GpuPartitioning::events_fd() const { return policy_ ? policy_->events_fd() : -1; }
 
+void GpuPartitioning::list_cgroups() {
+  cgroup_paths_ = collectors::list_cgroups(options_.cgroup2_root);
+  listed_size_ = cgroup_paths_.size();
+  last_listed_ = std::chrono::steady_clock::now();
+}
+
 std::string GpuPartitioning::workload_of(std::uint64_t cgroup_id) {
   auto it = cgroup_paths_.find(cgroup_id);
-  if (it == cgroup_paths_.end()) {
-    cgroup_paths_ = collectors::list_cgroups(options_.cgroup2_root);
+  // Every v2 mkdir is seen, so a miss is a cgroup made while events were lost: walk the tree again, at most once
+  // a second (denials from many fresh cgroups cannot keep the agent walking).
+  if (it == cgroup_paths_.end() && std::chrono::steady_clock::now() - last_listed_ >= std::chrono::seconds(1)) {
+    list_cgroups();
     it = cgroup_paths_.find(cgroup_id);
   }
   if (it == cgroup_paths_.end()) return fmt::format("cgroup-id:{}", cgroup_id);  // gone already
@@ -464,13 +478,18 @@ void GpuPartitioning::on_events() {
   if (auto consumed = policy_->consume_events(handle); !consumed) {
     spdlog::warn("partitioning: {}", consumed.error().message);
   }
+  // Paths learnt from mkdirs (of every cgroup of the host) are forgotten at the next walk: bounded by twice the tree.
+  if (cgroup_paths_.size() > 2 * listed_size_ + 1024) resync_wanted_ = true;
 }
 
 void GpuPartitioning::resync() {
   resync_wanted_ = false;
-  if (!policy_ || !in_force_) return;
+  if (!policy_ || !in_force_) {
+    list_cgroups();
+    return;
+  }
   // The inventory stands (no MIG change happened): only the cgroups are matched again.
-  cgroup_paths_ = collectors::list_cgroups(options_.cgroup2_root);
+  list_cgroups();
   auto compiled = std::make_unique<Compiled>(*in_force_);
   std::optional<partitioning::CgroupRef> own;
   for (const auto& cgroup : in_force_->policy.cgroups) {

@@ -5,6 +5,7 @@
 // A cgroup made later is covered by the kernel when its path was foreseeable, else here when its mkdir is seen.
 // Every decision is a PartitionEvent on the feed and a journal line naming the plan generation.
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -53,7 +54,8 @@ class GpuPartitioning {
   // The policy's ring buffer (denials, new cgroups), -1 while no policy is attached; on_events() when readable.
   int events_fd() const;
   void on_events();
-  // A cgroup was made since the last apply: re-match every cgroup (coalesced by the caller), pruning removed ones.
+  // New cgroups were given grants, or many were made: walk the tree and match every cgroup again (coalesced by the
+  // caller), pruning the entries of removed ones.
   void resync();
   bool wants_resync() const { return resync_wanted_; }
 
@@ -66,6 +68,7 @@ class GpuPartitioning {
   nlohmann::json reconcile_geometry(const partitioning::PartitionPlan& plan, bool dry_run);
   void publish(v1::PartitionEvent::Kind kind, std::string gpu, std::string detail);
   std::string workload_of(std::uint64_t cgroup_id);
+  void list_cgroups();
 
   GpuPartitioningOptions options_;
   Publish publish_;
@@ -74,7 +77,9 @@ class GpuPartitioning {
   std::unique_ptr<partitioning::DevicePolicy> policy_;
   std::unique_ptr<Compiled> in_force_;
   partitioning::PartitionPlan plan_;
-  std::map<std::uint64_t, std::string> cgroup_paths_;
+  std::map<std::uint64_t, std::string> cgroup_paths_;  // id → path: the last walk, and every mkdir seen since
+  std::size_t listed_size_ = 0;
+  std::chrono::steady_clock::time_point last_listed_{};
   std::uint64_t generation_ = 0;
   bool resync_wanted_ = false;
 };

@@ -71,6 +71,7 @@ TEST(CompilePolicy, AWholeGpuIsExclusiveToItsWorkloadAndSystemClients) {
   EXPECT_EQ(policy.tables.cgroups.at(14), kAllGrants) << "nvidia-persistenced is a system client";
   EXPECT_EQ(policy.tables.paths.at("/system.slice/inference.service"), bit(0)) << "awaited before it exists";
   EXPECT_EQ(policy.can_open.at("systemd:inference.service"), (std::set<std::string>{"/dev/nvidia0"}));
+  EXPECT_EQ(policy.can_open.size(), 1u) << "system clients open everything: not listed per node";
 }
 
 TEST(CompilePolicy, DefaultDenyClosesUnassignedGpusToAllButSystemClients) {
@@ -180,6 +181,48 @@ TEST(GpuInventory, ReadsMinorsAndMigCapabilitiesFromProc) {
   EXPECT_EQ(inventory.find("gpu-AAAA"), &inventory.gpus[0]);
   EXPECT_EQ(inventory.find("1"), &inventory.gpus[1]);
   EXPECT_EQ(inventory.find("2"), nullptr);
+}
+
+// AMD GPUs from /sys/class/drm: per GPU its render node and card node (major 226), after the NVIDIA GPUs; an
+// assignment closes both to others, and /dev/kfd (one node for all GPUs) is never restricted.
+TEST(GpuInventory, AmdGpusByTheirDrmNodes) {
+  test::TempDir root;
+  auto write = [&](const std::string& relative, const std::string& text) {
+    const auto path = root.path() / relative;
+    std::filesystem::create_directories(path.parent_path());
+    std::ofstream(path) << text;
+  };
+  auto drm = [&](const std::string& entry, const std::string& dev, const std::string& bus_id, const std::string& vendor) {
+    write("sys/devices/pci0000:c0/" + bus_id + "/vendor", vendor + "\n");
+    write("sys/devices/pci0000:c0/" + bus_id + "/device", "0x74a1\n");
+    write("sys/class/drm/" + entry + "/dev", dev + "\n");
+    std::filesystem::create_directory_symlink("../../../devices/pci0000:c0/" + bus_id,
+                                              root.path() / "sys/class/drm" / entry / "device");
+  };
+  write("proc/driver/nvidia/gpus/0000:34:00.0/information", "GPU UUID: \t GPU-aaaa\nDevice Minor: \t 0\n");
+  drm("renderD129", "226:129", "0000:c2:00.0", "0x1002");
+  drm("renderD128", "226:128", "0000:c1:00.0", "0x1002");
+  drm("card1", "226:1", "0000:c1:00.0", "0x1002");
+  drm("card2", "226:2", "0000:c2:00.0", "0x1002");
+  drm("card1-DP-1", "0:0", "0000:c1:00.0", "0x1002");   // a connector, not a node
+  drm("renderD130", "226:130", "0000:03:00.0", "0x8086");  // another vendor's
+  const auto inventory = read_gpu_inventory(nullptr, FsRoot(root.path()));
+  ASSERT_EQ(inventory.gpus.size(), 3u);
+  EXPECT_EQ(inventory.gpus[0].vendor, "nvidia");
+  const GpuNodes& amd = inventory.gpus[1];
+  EXPECT_EQ(amd.vendor, "amd");
+  EXPECT_EQ(amd.index, 1u) << "numbered after the NVIDIA GPUs, in PCI bus order";
+  EXPECT_EQ(amd.bus_id, "0000:c1:00.0");
+  EXPECT_EQ(amd.node, (DeviceNode{226, 128, "/dev/dri/renderD128"}));
+  EXPECT_EQ(amd.also, (std::vector<DeviceNode>{{226, 1, "/dev/dri/card1"}}));
+  EXPECT_EQ(inventory.find("0000:c2:00.0"), &inventory.gpus[2]);
+
+  const auto policy =
+      compile_policy(plan_with({{"systemd:trainer.service", {"0000:c1:00.0"}, "t:1"}}), inventory, kCgroups, {});
+  EXPECT_TRUE(policy.problems.empty());
+  EXPECT_EQ(policy.tables.devices, (std::map<std::pair<std::uint32_t, std::uint32_t>, std::uint64_t>{
+                                       {{226, 1}, bit(0) | kSystemGrant}, {{226, 128}, bit(0) | kSystemGrant}}));
+  EXPECT_EQ(policy.tables.cgroups.at(13), bit(0));
 }
 
 TEST(GpuInventory, MissingProcFilesMeanNoGpusAndNoMig) {
