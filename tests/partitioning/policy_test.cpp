@@ -154,14 +154,17 @@ TEST(ForeseeablePaths, AreOnlyPathsTheIdentityRulesGiveThatWorkload) {
   EXPECT_EQ(foreseeable_paths("cgroup:/batch/x", {}), (std::vector<std::string>{"/batch/x"}));
 }
 
+// Writes `text` to `relative` below the fake root, making its directories.
+void write_file(const test::TempDir& root, const std::string& relative, const std::string& text) {
+  const auto path = root.path() / relative;
+  std::filesystem::create_directories(path.parent_path());
+  std::ofstream(path) << text;
+}
+
 // /proc as the NVIDIA driver writes it, without NVML.
 TEST(GpuInventory, ReadsMinorsAndMigCapabilitiesFromProc) {
   test::TempDir root;
-  auto write = [&](const std::string& relative, const std::string& text) {
-    const auto path = root.path() / relative;
-    std::filesystem::create_directories(path.parent_path());
-    std::ofstream(path) << text;
-  };
+  auto write = [&](const std::string& relative, const std::string& text) { write_file(root, relative, text); };
   write("proc/devices", "Character devices:\n  1 mem\n195 nvidia-frontend\n237 nvidia-caps\n511 nvidia-uvm\n\nBlock devices:\n237 weird\n");
   write("proc/driver/nvidia/gpus/0000:36:00.0/information",
         "Model: \t\t NVIDIA H200\nIRQ:   \t\t 112\nGPU UUID: \t GPU-bbbb\nBus Location: \t 0000:36:00.0\nDevice Minor: \t 3\n");
@@ -187,11 +190,7 @@ TEST(GpuInventory, ReadsMinorsAndMigCapabilitiesFromProc) {
 // assignment closes both to others, and /dev/kfd (one node for all GPUs) is never restricted.
 TEST(GpuInventory, AmdGpusByTheirDrmNodes) {
   test::TempDir root;
-  auto write = [&](const std::string& relative, const std::string& text) {
-    const auto path = root.path() / relative;
-    std::filesystem::create_directories(path.parent_path());
-    std::ofstream(path) << text;
-  };
+  auto write = [&](const std::string& relative, const std::string& text) { write_file(root, relative, text); };
   auto drm = [&](const std::string& entry, const std::string& dev, const std::string& bus_id, const std::string& vendor) {
     write("sys/devices/pci0000:c0/" + bus_id + "/vendor", vendor + "\n");
     write("sys/devices/pci0000:c0/" + bus_id + "/device", "0x74a1\n");
