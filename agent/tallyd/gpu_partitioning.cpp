@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include "agent/base/proc.hpp"
+#include "agent/partitioning/device_holders.hpp"
 #include "collectors/kernel/kernel_cgroups.hpp"
 #include "collectors/mig/mig.hpp"
 
@@ -176,8 +177,18 @@ json GpuPartitioning::reconcile_geometry(const PartitionPlan& plan, bool dry_run
     }
     const std::string target = std::to_string(gpu->index);
     entry["gpu"] = gpu->index;
-    const collectors::MigOutcome outcome =
-        collectors::reconcile_mig(*nvml_, handle, collectors::MigWanted{wanted.mig, wanted.profiles}, dry_run);
+    const collectors::MigWanted wanted_geometry{wanted.mig, wanted.profiles};
+    // NVML lists the processes with a context on an instance; one that holds its capability open has none yet.
+    // Neither kind of holder loses its instance: such a GPU is left as it is.
+    if (!dry_run) {
+      const auto held = held_instances(*gpu, collectors::reconcile_mig(*nvml_, handle, wanted_geometry, true).planned);
+      if (!held.empty()) {
+        for (const auto& reason : held) refuse(reason);
+        out.push_back(std::move(entry));
+        continue;
+      }
+    }
+    const collectors::MigOutcome outcome = collectors::reconcile_mig(*nvml_, handle, wanted_geometry, dry_run);
     for (const auto& step : outcome.planned) entry["planned"].push_back(step.describe());
     for (const auto& step : outcome.done) {
       entry["done"].push_back(step.describe());
@@ -199,6 +210,28 @@ json GpuPartitioning::reconcile_geometry(const PartitionPlan& plan, bool dry_run
 }
 
 // `previous`: the generation before this apply. An adopted policy's generation is where this agent goes on from.
+std::vector<std::string> GpuPartitioning::held_instances(const partitioning::GpuNodes& gpu,
+                                                        const std::vector<collectors::MigStep>& steps) const {
+  std::map<std::pair<std::uint32_t, std::uint32_t>, std::string> watched;  // capability → the instance it opens
+  for (const auto& step : steps) {
+    if (step.kind != collectors::MigStep::Kind::destroy_instance) continue;
+    for (const auto& slice : gpu.slices) {
+      if (slice.gpu_instance_id != step.gpu_instance_id) continue;
+      for (const auto& cap : slice.caps) {
+        watched[{cap.major, cap.minor}] = fmt::format("GPU instance {} ({})", step.gpu_instance_id, step.profile);
+      }
+    }
+  }
+  std::set<std::pair<std::uint32_t, std::uint32_t>> devices;
+  for (const auto& [device, instance] : watched) devices.insert(device);
+  std::vector<std::string> reasons;
+  for (const auto& holder : partitioning::find_device_holders(options_.fs, devices)) {
+    reasons.push_back(fmt::format("{} is held open by pid {} ({}) through /dev/nvidia-caps/nvidia-cap{}: not destroyed",
+                                  watched.at({holder.major, holder.minor}), holder.pid, holder.comm, holder.minor));
+  }
+  return reasons;
+}
+
 Result<void> GpuPartitioning::ensure_policy(std::uint64_t& previous) {
   if (policy_) return {};
   auto policy = DevicePolicy::start({options_.cgroup2_root, plan_.pin_dir});

@@ -21,6 +21,7 @@
 #include "agent/partitioning/device_policy.hpp"
 #include "agent/partitioning/plan.hpp"
 #include "agent/partitioning/policy.hpp"
+#include "collectors/mig/mig.hpp"
 #include "collectors/nvml/nvml.hpp"
 #include "tally/v1/event.pb.h"
 
@@ -66,6 +67,9 @@ class GpuPartitioning {
   Result<void> ensure_policy(std::uint64_t& previous);
   Compiled compile(const partitioning::PartitionPlan& plan);
   nlohmann::json reconcile_geometry(const partitioning::PartitionPlan& plan, bool dry_run);
+  // Why the instances `steps` would destroy on `gpu` must stay: processes holding their capabilities open.
+  std::vector<std::string> held_instances(const partitioning::GpuNodes& gpu,
+                                          const std::vector<collectors::MigStep>& steps) const;
   void publish(v1::PartitionEvent::Kind kind, std::string gpu, std::string detail);
   std::string workload_of(std::uint64_t cgroup_id);
   void list_cgroups();

@@ -277,7 +277,7 @@ Result<MigGeometry> read_mig_geometry(const NvmlLibrary& nvml, nvmlDevice_t gpu)
         nvmlGpuInstanceInfo_t info{};
         const nvmlReturn_t got = api.nvmlGpuInstanceGetInfo(handles[i], &info);
         if (got != NVML_SUCCESS) return nvml_error(nvml, label, "nvmlGpuInstanceGetInfo", got);
-        MigInstance instance{info.id, info.profileId, profile.name, info.placement.start, info.placement.size, {}, {}};
+        MigGpuInstance instance{info.id, info.profileId, profile.name, info.placement.start, info.placement.size, {}, {}};
         auto cis = compute_instances(nvml, handles[i], label);
         if (!cis) return cis.error();
         for (const auto& ci : *cis) instance.compute_instance_ids.push_back(ci.id);
@@ -285,11 +285,11 @@ Result<MigGeometry> read_mig_geometry(const NvmlLibrary& nvml, nvmlDevice_t gpu)
       }
     }
     std::sort(geometry.instances.begin(), geometry.instances.end(),
-              [](const MigInstance& a, const MigInstance& b) { return a.placement_start < b.placement_start; });
+              [](const MigGpuInstance& a, const MigGpuInstance& b) { return a.placement_start < b.placement_start; });
   }
   for (const GpuProcess& process : *processes) {
     auto on = std::find_if(geometry.instances.begin(), geometry.instances.end(),
-                           [&](const MigInstance& i) { return i.gpu_instance_id == process.gpu_instance_id; });
+                           [&](const MigGpuInstance& i) { return i.gpu_instance_id == process.gpu_instance_id; });
     std::vector<unsigned>& pids = on != geometry.instances.end() ? on->pids : geometry.gpu_pids;
     if (std::find(pids.begin(), pids.end(), process.pid) == pids.end()) pids.push_back(process.pid);
   }
@@ -365,7 +365,7 @@ MigPlan plan_mig(const MigGeometry& now, const MigWanted& wanted) {
                               now.enabled ? "enabled" : "disabled", now.pending_enabled ? "enabled" : "disabled"));
   }
   std::vector<unsigned> all_pids = now.gpu_pids;
-  for (const MigInstance& instance : now.instances) {
+  for (const MigGpuInstance& instance : now.instances) {
     all_pids.insert(all_pids.end(), instance.pids.begin(), instance.pids.end());
   }
   if (wanted.mig != now.enabled && !all_pids.empty()) {
@@ -375,7 +375,7 @@ MigPlan plan_mig(const MigGeometry& now, const MigWanted& wanted) {
   MigPlan plan;
   if (!wanted.mig) {  // whole GPU: every instance goes, then the mode
     if (!now.enabled) return plan;
-    for (const MigInstance& instance : now.instances) {
+    for (const MigGpuInstance& instance : now.instances) {
       plan.steps.push_back({MigStep::Kind::destroy_instance, instance.gpu_instance_id, instance.profile_name,
                             instance.placement_start});
     }
@@ -409,12 +409,12 @@ MigPlan plan_mig(const MigGeometry& now, const MigWanted& wanted) {
                                 profile->instance_count));
     }
   }
-  std::vector<const MigInstance*> existing;
-  for (const MigInstance& instance : now.instances) existing.push_back(&instance);
+  std::vector<const MigGpuInstance*> existing;
+  for (const MigGpuInstance& instance : now.instances) existing.push_back(&instance);
   std::stable_sort(existing.begin(), existing.end(),
-                   [](const MigInstance* a, const MigInstance* b) { return !a->pids.empty() && b->pids.empty(); });
-  std::vector<const MigInstance*> kept, destroyed;
-  for (const MigInstance* instance : existing) {
+                   [](const MigGpuInstance* a, const MigGpuInstance* b) { return !a->pids.empty() && b->pids.empty(); });
+  std::vector<const MigGpuInstance*> kept, destroyed;
+  for (const MigGpuInstance* instance : existing) {
     auto it = still_wanted.find(instance->profile_name);
     if (it != still_wanted.end() && it->second > 0) {
       --it->second;
@@ -429,7 +429,7 @@ MigPlan plan_mig(const MigGeometry& now, const MigWanted& wanted) {
       missing.push_back(find_profile(now.profiles, name));
     }
   }
-  for (const MigInstance* instance : destroyed) {
+  for (const MigGpuInstance* instance : destroyed) {
     if (!instance->pids.empty()) {
       return refuse(fmt::format("GPU instance {} ({}) is in use by pid {}", instance->gpu_instance_id,
                                 instance->profile_name, join_pids(instance->pids)));
@@ -441,15 +441,15 @@ MigPlan plan_mig(const MigGeometry& now, const MigWanted& wanted) {
     return std::tie(b->placement_size, b->slices, a->name) < std::tie(a->placement_size, a->slices, b->name);
   };
   std::stable_sort(missing.begin(), missing.end(), larger_first);
-  const auto occupancy = [](const std::vector<const MigInstance*>& instances) {
+  const auto occupancy = [](const std::vector<const MigGpuInstance*>& instances) {
     Occupancy taken = 0;
-    for (const MigInstance* instance : instances) taken |= span(instance->placement_start, instance->placement_size);
+    for (const MigGpuInstance* instance : instances) taken |= span(instance->placement_start, instance->placement_size);
     return taken;
   };
   std::vector<unsigned> starts(missing.size());
   if (!place(missing, 0, occupancy(kept), starts)) {
-    std::vector<const MigInstance*> staying;
-    for (const MigInstance* instance : kept) {
+    std::vector<const MigGpuInstance*> staying;
+    for (const MigGpuInstance* instance : kept) {
       if (!instance->pids.empty()) {
         staying.push_back(instance);
         continue;
@@ -461,7 +461,7 @@ MigPlan plan_mig(const MigGeometry& now, const MigWanted& wanted) {
     starts.assign(missing.size(), 0);
     if (!place(missing, 0, occupancy(staying), starts)) {
       std::vector<const MigProfile*> busy;
-      for (const MigInstance* instance : staying) busy.push_back(find_profile(now.profiles, instance->profile_name));
+      for (const MigGpuInstance* instance : staying) busy.push_back(find_profile(now.profiles, instance->profile_name));
       return refuse(fmt::format("the wanted profiles do not fit: {}{}", names_of(missing),
                                 busy.empty() ? std::string() : " beside the busy " + names_of(busy)));
     }
@@ -469,8 +469,8 @@ MigPlan plan_mig(const MigGeometry& now, const MigWanted& wanted) {
   }
 
   std::sort(destroyed.begin(), destroyed.end(),
-            [](const MigInstance* a, const MigInstance* b) { return a->placement_start < b->placement_start; });
-  for (const MigInstance* instance : destroyed) {
+            [](const MigGpuInstance* a, const MigGpuInstance* b) { return a->placement_start < b->placement_start; });
+  for (const MigGpuInstance* instance : destroyed) {
     plan.steps.push_back({MigStep::Kind::destroy_instance, instance->gpu_instance_id, instance->profile_name,
                           instance->placement_start});
   }
@@ -478,7 +478,7 @@ MigPlan plan_mig(const MigGeometry& now, const MigWanted& wanted) {
     plan.steps.push_back({MigStep::Kind::create_instance, 0, missing[i]->name, starts[i]});
     plan.layout.push_back({missing[i]->name, starts[i]});
   }
-  for (const MigInstance* instance : kept) plan.layout.push_back({instance->profile_name, instance->placement_start});
+  for (const MigGpuInstance* instance : kept) plan.layout.push_back({instance->profile_name, instance->placement_start});
   std::sort(plan.layout.begin(), plan.layout.end(),
             [](const MigPlacement& a, const MigPlacement& b) { return a.placement_start < b.placement_start; });
   return plan;
@@ -624,7 +624,7 @@ std::optional<std::string> verify(const MigGeometry& after, const MigWanted& wan
     return fmt::format("MIG mode is {} after the steps", after.enabled ? "enabled" : "disabled");
   }
   std::vector<MigPlacement> seen;
-  for (const MigInstance& instance : after.instances) {
+  for (const MigGpuInstance& instance : after.instances) {
     if (instance.compute_instance_ids.empty()) {
       return fmt::format("GPU instance {} ({}) has no compute instance", instance.gpu_instance_id,
                          instance.profile_name);

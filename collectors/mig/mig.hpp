@@ -26,7 +26,9 @@ struct MigProfile {  // one GPU-instance profile as the driver reports it on thi
   unsigned placement_size = 0;       // memory slices one instance spans
 };
 
-struct MigInstance {  // one GPU instance that exists now
+// (Not MigInstance: topology.hpp has one, a MIG device as the topology lists it. Two types of one name in one
+// namespace are an ODR violation that ASan caught as a heap overflow.)
+struct MigGpuInstance {  // one GPU instance that exists now
   unsigned gpu_instance_id = 0;
   unsigned profile_id = 0;
   std::string profile_name;
@@ -40,7 +42,7 @@ struct MigGeometry {
   bool enabled = false;          // current mode
   bool pending_enabled = false;  // pending mode (differs from enabled: a GPU reset is required)
   std::vector<MigProfile> profiles;    // known while MIG is enabled
-  std::vector<MigInstance> instances;  // ordered by placement_start
+  std::vector<MigGpuInstance> instances;  // ordered by placement_start
   std::vector<unsigned> gpu_pids;      // processes on the GPU that no instance accounts for (all of them, MIG off)
 };
 

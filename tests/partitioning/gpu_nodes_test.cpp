@@ -1,13 +1,17 @@
 // The GPU device nodes through NVML (the fake, loaded by the production dlopen path): minors from
 // nvmlDeviceGetMinorNumber, slices from the MIG device handles, each slice's capabilities from mig-minors keyed by
 // the GPU's minor and the slice's GPU and compute instance ids; and the plan compiled on them.
+#include <fcntl.h>
 #include <stdlib.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "agent/partitioning/device_holders.hpp"
 #include "agent/partitioning/gpu_nodes.hpp"
 #include "agent/partitioning/policy.hpp"
 #include "tests/support/temp_dir.hpp"
@@ -68,6 +72,19 @@ TEST(GpuInventoryThroughNvml, SlicesAndTheirCapabilitiesAreTheDriversOwn) {
   EXPECT_EQ(policy.tables.cgroups.at(5), 1u);
   nvml->reset();
   ::unsetenv("TALLY_FAKE_NVML_SCENARIO");
+}
+
+// A process holding a device node open is found by the node's number, whatever path it opened it by.
+TEST(DeviceHolders, FindsTheProcessesThatHoldANodeOpen) {
+  const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);  // (1, 3)
+  ASSERT_GE(fd, 0);
+  const auto holders = find_device_holders(FsRoot(), {{1, 3}});
+  EXPECT_NE(std::find_if(holders.begin(), holders.end(), [](const DeviceHolder& h) { return h.pid == ::getpid(); }),
+            holders.end());
+  ::close(fd);
+  EXPECT_TRUE(find_device_holders(FsRoot(), {}).empty()) << "nothing asked, nothing scanned";
+  const auto none = find_device_holders(FsRoot(), {{1, 254}});  // no such device
+  EXPECT_TRUE(none.empty());
 }
 
 }  // namespace

@@ -17,7 +17,7 @@ using Layout = std::vector<std::pair<std::string, unsigned>>;  // (profile, plac
 
 Layout layout_of(const MigGeometry& geometry) {
   Layout out;
-  for (const MigInstance& instance : geometry.instances) {
+  for (const MigGpuInstance& instance : geometry.instances) {
     out.emplace_back(instance.profile_name, instance.placement_start);
   }
   return out;
@@ -48,7 +48,7 @@ std::vector<MigProfile> a100_profiles() {
           {0, 4, "7g.80gb", 7, 1, 80384, {0}, 8}};
 }
 
-MigInstance instance(unsigned id, const std::string& profile, unsigned start, std::vector<unsigned> pids = {}) {
+MigGpuInstance instance(unsigned id, const std::string& profile, unsigned start, std::vector<unsigned> pids = {}) {
   for (const MigProfile& p : a100_profiles()) {
     if (p.name == profile) return {id, p.id, profile, start, p.placement_size, {0}, std::move(pids)};
   }
@@ -56,7 +56,7 @@ MigInstance instance(unsigned id, const std::string& profile, unsigned start, st
   return {};
 }
 
-MigGeometry a100(std::vector<MigInstance> instances) {
+MigGeometry a100(std::vector<MigGpuInstance> instances) {
   MigGeometry geometry;
   geometry.supported = geometry.enabled = geometry.pending_enabled = true;
   geometry.profiles = a100_profiles();
@@ -308,7 +308,7 @@ TEST(ReconcileMig, CreatesFromEmpty) {
   EXPECT_EQ(described(outcome.done), (std::vector<std::string>{"create 3g.40gb at slice 0", "create 2g.20gb at slice 4",
                                                                "create 1g.10gb at slice 6"}));
   EXPECT_EQ(layout_of(outcome.after), (Layout{{"3g.40gb", 0}, {"2g.20gb", 4}, {"1g.10gb", 6}}));
-  for (const MigInstance& instance : outcome.after.instances) EXPECT_EQ(instance.compute_instance_ids.size(), 1u);
+  for (const MigGpuInstance& instance : outcome.after.instances) EXPECT_EQ(instance.compute_instance_ids.size(), 1u);
   EXPECT_EQ(layout_of(fake.read()), layout_of(outcome.after));
 }
 
