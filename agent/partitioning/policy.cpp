@@ -167,6 +167,20 @@ std::vector<std::string> foreseeable_paths(std::string_view workload, const Iden
       for (std::string_view engine : {"docker-", "cri-containerd-", "crio-", "libpod-"}) {
         candidates.push_back(join_path(parent, fmt::format("{}{}.scope", engine, workload.substr(7))));
       }
+      candidates.push_back(join_path(parent, workload.substr(7)));  // the cgroupfs driver: <parent>/<id>
+    }
+  } else if (workload.starts_with("user:")) {
+    // user:<uid>:<unit>: the user manager puts units in app.slice by default (session.slice, background.slice for
+    // those that say so), or directly below it.
+    const std::size_t colon = workload.find(':', 5);
+    if (colon != std::string_view::npos) {
+      const std::string_view uid = workload.substr(5, colon - 5);
+      const std::string_view unit = workload.substr(colon + 1);
+      const std::string manager = join_path(rules.user_root, fmt::format("user-{0}.slice/user@{0}.service", uid));
+      candidates.push_back(join_path(manager, unit));
+      for (std::string_view slice : {"app.slice", "session.slice", "background.slice"}) {
+        candidates.push_back(join_path(manager, fmt::format("{}/{}", slice, unit)));
+      }
     }
   }
   // Only paths the identity rules would give this very workload: a candidate is never a guess.

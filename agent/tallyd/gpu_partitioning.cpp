@@ -10,6 +10,7 @@
 
 #include "agent/base/proc.hpp"
 #include "agent/partitioning/device_holders.hpp"
+#include "agent/tallyd/partition_audit.hpp"
 #include "collectors/kernel/kernel_cgroups.hpp"
 #include "collectors/mig/mig.hpp"
 
@@ -117,13 +118,19 @@ GpuPartitioning::GpuPartitioning(GpuPartitioningOptions options, Publish publish
 
 GpuPartitioning::~GpuPartitioning() = default;
 
-void GpuPartitioning::publish(v1::PartitionEvent::Kind kind, std::string gpu, std::string detail) {
+void GpuPartitioning::audit(const v1::PartitionEvent& event, spdlog::level::level_enum level) {
+  journal_decision(event, level);
+  publish_(event);
+}
+
+void GpuPartitioning::audit(v1::PartitionEvent::Kind kind, spdlog::level::level_enum level, std::string gpu,
+                            std::string detail) {
   v1::PartitionEvent event;
   event.set_kind(kind);
   event.set_generation(generation_);
   event.set_gpu(std::move(gpu));
   event.set_detail(std::move(detail));
-  publish_(event);
+  audit(event, level);
 }
 
 GpuPartitioning::Compiled GpuPartitioning::compile(const PartitionPlan& plan) {
@@ -156,8 +163,8 @@ json GpuPartitioning::reconcile_geometry(const PartitionPlan& plan, bool dry_run
     auto refuse = [&](const std::string& reason) {
       entry["refused"].push_back(reason);
       if (dry_run) return;
-      spdlog::warn("partitioning: generation {}: GPU {}: {} ({})", generation_, wanted.select, reason, wanted.origin);
-      publish(v1::PartitionEvent::KIND_REFUSED, wanted.select, reason);
+      audit(v1::PartitionEvent::KIND_REFUSED, spdlog::level::warn, wanted.select,
+            fmt::format("{} ({})", reason, wanted.origin));
     };
     const partitioning::GpuNodes* gpu = inventory.find(wanted.select);
     nvmlDevice_t handle = nullptr;
@@ -192,15 +199,13 @@ json GpuPartitioning::reconcile_geometry(const PartitionPlan& plan, bool dry_run
     for (const auto& step : outcome.planned) entry["planned"].push_back(step.describe());
     for (const auto& step : outcome.done) {
       entry["done"].push_back(step.describe());
-      spdlog::info("partitioning: generation {}: GPU {}: {}", generation_, target, step.describe());
-      publish(v1::PartitionEvent::KIND_RECONCILE_STEP, target, step.describe());
+      audit(v1::PartitionEvent::KIND_RECONCILE_STEP, spdlog::level::info, target, step.describe());
     }
     for (const auto& refusal : outcome.refusals) refuse(refusal.reason);
     if (outcome.rolled_back) {
       entry["rolled_back"] = true;
       entry["error"] = outcome.error;
-      spdlog::error("partitioning: generation {}: GPU {}: rolled back: {}", generation_, target, outcome.error);
-      publish(v1::PartitionEvent::KIND_ROLLED_BACK, target, outcome.error);
+      audit(v1::PartitionEvent::KIND_ROLLED_BACK, spdlog::level::err, target, outcome.error);
     } else if (!outcome.error.empty()) {
       refuse(outcome.error);
     }
@@ -262,8 +267,7 @@ json GpuPartitioning::apply(const PartitionPlan& plan) {
   report["refused"] = compiled->policy.problems;
   report["problems"] = compiled->inventory.problems;
   for (const auto& problem : compiled->policy.problems) {
-    spdlog::warn("partitioning: generation {}: refused: {}", generation_, problem);
-    publish(v1::PartitionEvent::KIND_REFUSED, "", problem);
+    audit(v1::PartitionEvent::KIND_REFUSED, spdlog::level::warn, "", problem);
   }
   for (const auto& problem : compiled->inventory.problems) spdlog::warn("partitioning: {}", problem);
   std::error_code ec;
@@ -280,8 +284,7 @@ json GpuPartitioning::apply(const PartitionPlan& plan) {
   if (auto started = ensure_policy(previous); !started) {
     if (!geometry_changed) generation_ = previous;
     const std::string reason = fmt::format("device policy not attached: {}", started.error().message);
-    spdlog::error("partitioning: {}", reason);
-    publish(v1::PartitionEvent::KIND_REFUSED, "", reason);
+    audit(v1::PartitionEvent::KIND_REFUSED, spdlog::level::err, "", reason);
     report["refused"].push_back(reason);
     report["enforcing"] = false;
     report["changes"] = json::array();
@@ -306,8 +309,7 @@ json GpuPartitioning::apply(const PartitionPlan& plan) {
   report["generation"] = generation_;
   if (!change) {
     const std::string reason = fmt::format("device policy not updated: {}", change.error().message);
-    spdlog::error("partitioning: generation {}: {}", generation_, reason);
-    publish(v1::PartitionEvent::KIND_REFUSED, "", reason);
+    audit(v1::PartitionEvent::KIND_REFUSED, spdlog::level::err, "", reason);
     report["refused"].push_back(reason);
     in_force_.reset();  // what the maps hold is not known: the next apply compares with what is installed
     return report;
@@ -319,8 +321,7 @@ json GpuPartitioning::apply(const PartitionPlan& plan) {
                     in_force_->policy.tables.devices.size(), in_force_->policy.tables.cgroups.size(),
                     in_force_->policy.tables.paths.size(), report["changes"].empty() ? "" : ": ",
                     fmt::join(report["changes"].get<std::vector<std::string>>(), "; "));
-    spdlog::info("partitioning: generation {} applied: {}", generation_, detail);
-    publish(v1::PartitionEvent::KIND_APPLIED, "", detail);
+    audit(v1::PartitionEvent::KIND_APPLIED, spdlog::level::info, "", detail);
   }
   return report;
 }
@@ -420,8 +421,7 @@ json GpuPartitioning::clear() {
     out["released"] = *removed;
   }
   in_force_.reset();
-  spdlog::info("partitioning: generation {}: device policy released (tallyctl plan clear)", generation_);
-  publish(v1::PartitionEvent::KIND_RELEASED, "", "tallyctl plan clear");
+  audit(v1::PartitionEvent::KIND_RELEASED, spdlog::level::info, "", "tallyctl plan clear");
   return out;
 }
 
@@ -439,8 +439,7 @@ void GpuPartitioning::stop() {
   policy_.reset();
   const std::string why = plan_.pin_dir.empty() ? "tallyd stopped and the policy is not pinned (pin_dir = \"\")"
                                                 : "tallyd stopped with on_stop = \"release\"";
-  spdlog::info("partitioning: generation {}: device policy released: {}", generation_, why);
-  publish(v1::PartitionEvent::KIND_RELEASED, "", why);
+  audit(v1::PartitionEvent::KIND_RELEASED, spdlog::level::info, "", why);
 }
 
 int GpuPartitioning::events_fd() const { return policy_ ? policy_->events_fd() : -1; }
@@ -478,9 +477,7 @@ void GpuPartitioning::on_events() {
         event.set_count(raw.count);
         event.set_pid(static_cast<std::uint32_t>(raw.pid));
         event.set_comm(raw.comm);
-        spdlog::warn("partitioning: generation {}: denied {} to {} (pid {}, {}; {} so far)", generation_,
-                     event.device(), event.workload(), raw.pid, raw.comm, raw.count);
-        publish_(event);
+        audit(event, spdlog::level::warn);
         return;
       }
       case partitioning::PolicyEvent::Type::covered:
@@ -501,9 +498,7 @@ void GpuPartitioning::on_events() {
         event.set_workload(identify_cgroup(raw.path, options_.identity).id);
         event.set_cgroup(raw.path);
         event.set_detail(in_force_ ? fmt::format("{}", fmt::join(in_force_->targets(grants), ", ")) : "");
-        spdlog::info("partitioning: generation {}: new cgroup {} of {} holds its grants ({})", generation_, raw.path,
-                     event.workload(), event.detail());
-        publish_(event);
+        audit(event, spdlog::level::info);
         return;
       }
     }

@@ -15,6 +15,7 @@
 #include <string>
 
 #include <nlohmann/json.hpp>
+#include <spdlog/common.h>
 
 #include "agent/base/result.hpp"
 #include "agent/base/workload_identity.hpp"
@@ -70,7 +71,9 @@ class GpuPartitioning {
   // Why the instances `steps` would destroy on `gpu` must stay: processes holding their capabilities open.
   std::vector<std::string> held_instances(const partitioning::GpuNodes& gpu,
                                           const std::vector<collectors::MigStep>& steps) const;
-  void publish(v1::PartitionEvent::Kind kind, std::string gpu, std::string detail);
+  // A decision: on the feed and in the journal (partition_audit.hpp).
+  void audit(const v1::PartitionEvent& event, spdlog::level::level_enum level);
+  void audit(v1::PartitionEvent::Kind kind, spdlog::level::level_enum level, std::string gpu, std::string detail);
   std::string workload_of(std::uint64_t cgroup_id);
   void list_cgroups();
 

@@ -152,6 +152,16 @@ TEST(ForeseeablePaths, AreOnlyPathsTheIdentityRulesGiveThatWorkload) {
   EXPECT_EQ(foreseeable_paths("slurm:job:42", {}),
             (std::vector<std::string>{"/system.slice/slurmstepd.scope/job_42", "/slurm/job_42"}));
   EXPECT_EQ(foreseeable_paths("cgroup:/batch/x", {}), (std::vector<std::string>{"/batch/x"}));
+  const auto user = foreseeable_paths("user:1000:jupyter.service", {});
+  EXPECT_NE(std::find(user.begin(), user.end(),
+                      "/user.slice/user-1000.slice/user@1000.service/app.slice/jupyter.service"),
+            user.end());
+  for (const auto& path : user) EXPECT_EQ(identify_cgroup(path).id, "user:1000:jupyter.service") << path;
+  const std::string id(64, 'a');
+  const auto container = foreseeable_paths("docker:" + id, {});
+  EXPECT_NE(std::find(container.begin(), container.end(), "/system.slice/docker-" + id + ".scope"), container.end());
+  EXPECT_NE(std::find(container.begin(), container.end(), "/docker/" + id), container.end()) << "cgroupfs driver";
+  for (const auto& path : container) EXPECT_EQ(identify_cgroup(path).id, "docker:" + id) << path;
 }
 
 // Writes `text` to `relative` below the fake root, making its directories.

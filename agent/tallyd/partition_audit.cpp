@@ -1,0 +1,87 @@
+#include "agent/tallyd/partition_audit.hpp"
+
+#include <sys/uio.h>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <systemd/sd-journal.h>
+
+#include "agent/base/logging.hpp"
+
+namespace tally::agent {
+
+namespace {
+
+// "KIND_DENIED" → "denied".
+std::string decision_of(const v1::PartitionEvent& event) {
+  std::string name = v1::PartitionEvent::Kind_Name(event.kind());
+  if (name.starts_with("KIND_")) name.erase(0, 5);
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return name;
+}
+
+int syslog_priority(spdlog::level::level_enum level) {
+  switch (level) {
+    case spdlog::level::critical: return 2;
+    case spdlog::level::err: return 3;
+    case spdlog::level::warn: return 4;
+    case spdlog::level::info: return 6;
+    default: return 7;
+  }
+}
+
+}  // namespace
+
+std::string describe(const v1::PartitionEvent& e) {
+  const std::string head = fmt::format("partitioning: generation {}", e.generation());
+  const std::string gpu = e.gpu().empty() ? "" : fmt::format("GPU {}: ", e.gpu());
+  switch (e.kind()) {
+    case v1::PartitionEvent::KIND_APPLIED: return fmt::format("{} applied: {}", head, e.detail());
+    case v1::PartitionEvent::KIND_RELEASED: return fmt::format("{}: device policy released: {}", head, e.detail());
+    case v1::PartitionEvent::KIND_RECONCILE_STEP: return fmt::format("{}: {}{}", head, gpu, e.detail());
+    case v1::PartitionEvent::KIND_REFUSED: return fmt::format("{}: refused: {}{}", head, gpu, e.detail());
+    case v1::PartitionEvent::KIND_ROLLED_BACK: return fmt::format("{}: {}rolled back: {}", head, gpu, e.detail());
+    case v1::PartitionEvent::KIND_DENIED:
+      return fmt::format("{}: denied {} to {} (pid {}, {}; {} so far)", head, e.device(), e.workload(), e.pid(),
+                         e.comm(), e.count());
+    case v1::PartitionEvent::KIND_COVERED:
+      return fmt::format("{}: new cgroup {} of {} holds its grants ({})", head, e.cgroup(), e.workload(), e.detail());
+    default: return fmt::format("{}: {}", head, e.detail());
+  }
+}
+
+std::vector<std::string> journal_fields(const v1::PartitionEvent& e) {
+  std::vector<std::string> fields{fmt::format("TALLY_DECISION={}", decision_of(e)),
+                                  fmt::format("TALLY_PLAN_GENERATION={}", e.generation())};
+  const auto add = [&](const char* name, const std::string& value) {
+    if (!value.empty()) fields.push_back(fmt::format("{}={}", name, value));
+  };
+  add("TALLY_WORKLOAD", e.workload());
+  add("TALLY_GPU", e.gpu());
+  add("TALLY_DEVICE", e.device());
+  add("TALLY_CGROUP", e.cgroup());
+  if (e.kind() == v1::PartitionEvent::KIND_DENIED) {
+    add("TALLY_OFFENDER_PID", std::to_string(e.pid()));
+    add("TALLY_OFFENDER_COMM", e.comm());
+    add("TALLY_DENIALS", std::to_string(e.count()));
+  }
+  return fields;
+}
+
+void journal_decision(const v1::PartitionEvent& event, spdlog::level::level_enum level) {
+  const std::string message = describe(event);
+  if (level < spdlog::get_level()) return;
+  if (!stderr_is_journal()) {
+    spdlog::log(level, "{}", message);
+    return;
+  }
+  std::vector<std::string> fields = journal_fields(event);
+  fields.push_back("MESSAGE=" + message);
+  fields.push_back(fmt::format("PRIORITY={}", syslog_priority(level)));
+  fields.push_back("SYSLOG_IDENTIFIER=tallyd");
+  std::vector<iovec> entries;
+  for (std::string& field : fields) entries.push_back(iovec{field.data(), field.size()});
+  if (sd_journal_sendv(entries.data(), static_cast<int>(entries.size())) < 0) spdlog::log(level, "{}", message);
+}
+
+}  // namespace tally::agent
