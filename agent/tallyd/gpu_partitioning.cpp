@@ -214,7 +214,6 @@ json GpuPartitioning::reconcile_geometry(const PartitionPlan& plan, bool dry_run
   return out;
 }
 
-// `previous`: the generation before this apply. An adopted policy's generation is where this agent goes on from.
 std::vector<std::string> GpuPartitioning::held_instances(const partitioning::GpuNodes& gpu,
                                                         const std::vector<collectors::MigStep>& steps) const {
   std::map<std::pair<std::uint32_t, std::uint32_t>, std::string> watched;  // capability → the instance it opens
@@ -237,6 +236,7 @@ std::vector<std::string> GpuPartitioning::held_instances(const partitioning::Gpu
   return reasons;
 }
 
+// `previous`: the generation before this apply. An adopted policy's generation is where this agent goes on from.
 Result<void> GpuPartitioning::ensure_policy(std::uint64_t& previous) {
   if (policy_) return {};
   auto policy = DevicePolicy::start({options_.cgroup2_root, plan_.pin_dir});
