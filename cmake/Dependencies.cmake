@@ -16,6 +16,9 @@ find_package(fmt REQUIRED)
 find_package(tomlplusplus REQUIRED)
 find_package(CLI11 REQUIRED)
 find_package(nlohmann_json REQUIRED)
+# Howard Hinnant's date/tz (libhowardhinnant-date-dev): budget windows in a time zone, from the system's tzdata
+# (GCC 12's <chrono> has no time zone database yet).
+find_package(date REQUIRED)
 
 if(TALLY_BUILD_TESTS)
   find_package(GTest REQUIRED)

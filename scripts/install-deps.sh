@@ -11,7 +11,7 @@ packages=(
   libzmq3-dev cppzmq-dev
   libspdlog-dev libfmt-dev
   libsystemd-dev systemd
-  libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
+  libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libhowardhinnant-date-dev tzdata
   libgtest-dev libgmock-dev libbenchmark-dev
   libclang-rt-14-dev libfuzzer-14-dev
   liblttng-ust-dev lttng-tools
