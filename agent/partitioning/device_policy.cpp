@@ -13,7 +13,7 @@
 #include <fmt/format.h>
 
 #include "agent/base/unique_fd.hpp"
-#include "collectors/kernel/bpf_skeleton.hpp"
+#include "collectors/kernel/bpf_loading.hpp"
 #include "ebpf/tally_policy_abi.h"
 
 #if TALLY_HAVE_BPF_PROGRAMS
@@ -26,12 +26,9 @@
 
 namespace tally::partitioning {
 
-namespace {
+using collectors::bpf_errno_error;
 
-Error errno_error(int error, std::string_view what) {
-  const ErrorCode code = (error == EPERM || error == EACCES) ? ErrorCode::permission : ErrorCode::unsupported;
-  return make_error(code, "{}: {}", what, std::strerror(error));
-}
+namespace {
 
 // The maps, pinned under maps/, tally_policy_state last (a directory without it holds a partial set), and the
 // links under links/.
@@ -67,7 +64,7 @@ Result<void> make_pin_dirs(const std::filesystem::path& pin_dir) {
   while (!existing.empty() && !std::filesystem::exists(existing, ec)) existing = existing.parent_path();
   struct statfs fs{};
   if (::statfs(existing.empty() ? "." : existing.c_str(), &fs) != 0) {
-    return errno_error(errno, fmt::format("statfs {}", existing.string()));
+    return bpf_errno_error(errno, fmt::format("statfs {}", existing.string()));
   }
   if (fs.f_type != static_cast<decltype(fs.f_type)>(BPF_FS_MAGIC)) {
     return make_error(ErrorCode::unsupported,
@@ -92,7 +89,7 @@ Result<void> for_each_key(int fd, std::string_view name, Fn&& fn) {
     fn(key);
     previous = &key;
   }
-  if (errno != ENOENT && errno != 0) return errno_error(errno, fmt::format("read map {}", name));
+  if (errno != ENOENT && errno != 0) return bpf_errno_error(errno, fmt::format("read map {}", name));
   return {};
 }
 
@@ -100,7 +97,7 @@ Result<void> for_each_key(int fd, std::string_view name, Fn&& fn) {
 // goes with its last fd and pin, and while it lingers it only fills maps nothing reads. EINVAL: already detached.
 Result<void> detach_link(int fd, std::string_view what) {
   if (bpf_link_detach(fd) != 0 && errno != EINVAL && errno != EOPNOTSUPP) {
-    return errno_error(errno, fmt::format("detach {}", what));
+    return bpf_errno_error(errno, fmt::format("detach {}", what));
   }
   return {};
 }
@@ -129,58 +126,58 @@ struct DevicePolicy::Impl {
   Result<tally_policy_state> read_state() const {
     tally_policy_state state{};
     const std::uint32_t zero = 0;
-    if (bpf_map_lookup_elem(map_fd(kStateMap), &zero, &state) != 0) return errno_error(errno, "read tally_policy_state");
+    if (bpf_map_lookup_elem(map_fd(kStateMap), &zero, &state) != 0) return bpf_errno_error(errno, "read tally_policy_state");
     return state;
   }
 
   Result<void> load_and_attach(const std::filesystem::path& cgroup2_root) {
     device.reset(tally_gpu_policy__open());
     mkdir.reset(tally_gpu_policy_mkdir__open());
-    if (!device || !mkdir) return errno_error(errno, "open the GPU policy's BPF skeletons");
+    if (!device || !mkdir) return bpf_errno_error(errno, "open the GPU policy's BPF skeletons");
     if (int err = tally_gpu_policy__load(device.get()); err != 0) {
-      return errno_error(-err, "load BPF program tally_gpu_policy (needs Linux 6.1+; --log-level debug shows the "
+      return bpf_errno_error(-err, "load BPF program tally_gpu_policy (needs Linux 6.1+; --log-level debug shows the "
                                "verifier's log)");
     }
     bpf_map* map = nullptr;
     bpf_object__for_each_map(map, device->obj) {
       if (bpf_map__is_internal(map)) continue;
       UniqueFd own(::fcntl(bpf_map__fd(map), F_DUPFD_CLOEXEC, 0));
-      if (!own) return errno_error(errno, "dup a GPU policy map");
+      if (!own) return bpf_errno_error(errno, "dup a GPU policy map");
       maps.emplace(bpf_map__name(map), std::move(own));
     }
     bpf_object__for_each_map(map, mkdir->obj) {
       if (bpf_map__is_internal(map)) continue;
       if (int err = bpf_map__reuse_fd(map, map_fd(bpf_map__name(map))); err != 0) {
-        return errno_error(-err, fmt::format("share map {}", bpf_map__name(map)));
+        return bpf_errno_error(-err, fmt::format("share map {}", bpf_map__name(map)));
       }
     }
     if (int err = tally_gpu_policy_mkdir__load(mkdir.get()); err != 0) {
-      return errno_error(-err, "load BPF program tally_gpu_policy_mkdir");
+      return bpf_errno_error(-err, "load BPF program tally_gpu_policy_mkdir");
     }
     tally_policy_state state{};
     state.abi_version = TALLY_POLICY_ABI_VERSION;
     if (::getrandom(state.epoch, sizeof state.epoch, 0) != static_cast<ssize_t>(sizeof state.epoch)) {
-      return errno_error(errno, "getrandom");
+      return bpf_errno_error(errno, "getrandom");
     }
     const std::uint32_t zero = 0;
     if (bpf_map_update_elem(map_fd(kStateMap), &zero, &state, BPF_ANY) != 0) {
-      return errno_error(errno, "write tally_policy_state");
+      return bpf_errno_error(errno, "write tally_policy_state");
     }
     const UniqueFd root(::open(cgroup2_root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!root) return errno_error(errno, fmt::format("open cgroup v2 root {}", cgroup2_root.string()));
+    if (!root) return bpf_errno_error(errno, fmt::format("open cgroup v2 root {}", cgroup2_root.string()));
     // A link on the root: multi-attach, so programs others attach anywhere keep running (a denial by either stands).
     bpf_link* device_link = bpf_program__attach_cgroup(device->progs.tally_gpu_policy, root.get());
     if (device_link == nullptr) {
-      return errno_error(errno, fmt::format("attach tally_gpu_policy to {}", cgroup2_root.string()));
+      return bpf_errno_error(errno, fmt::format("attach tally_gpu_policy to {}", cgroup2_root.string()));
     }
     links.emplace_back(::fcntl(bpf_link__fd(device_link), F_DUPFD_CLOEXEC, 0));
     bpf_link__destroy(device_link);  // our dup holds it
     bpf_link* mkdir_link = bpf_program__attach(mkdir->progs.tally_gpu_policy_mkdir);
-    if (mkdir_link == nullptr) return errno_error(errno, "attach tally_gpu_policy_mkdir");
+    if (mkdir_link == nullptr) return bpf_errno_error(errno, "attach tally_gpu_policy_mkdir");
     links.emplace_back(::fcntl(bpf_link__fd(mkdir_link), F_DUPFD_CLOEXEC, 0));
     bpf_link__destroy(mkdir_link);
     for (const UniqueFd& link : links) {
-      if (!link) return errno_error(EBADF, "dup a GPU policy link");
+      if (!link) return bpf_errno_error(EBADF, "dup a GPU policy link");
     }
     return {};
   }
@@ -189,7 +186,7 @@ struct DevicePolicy::Impl {
   Result<std::optional<std::string>> adopt(const std::filesystem::path& dir) {
     UniqueFd state_fd(bpf_obj_get(pinned_map(dir, kStateMap).c_str()));
     if (!state_fd) {
-      if (errno == EPERM || errno == EACCES) return errno_error(errno, pinned_map(dir, kStateMap).string());
+      if (errno == EPERM || errno == EACCES) return bpf_errno_error(errno, pinned_map(dir, kStateMap).string());
       return std::optional<std::string>("no complete policy pinned");
     }
     maps.emplace(kStateMap, std::move(state_fd));
@@ -225,7 +222,7 @@ struct DevicePolicy::Impl {
   Result<void> pin(const std::filesystem::path& dir) const {
     TALLY_TRY(make_pin_dirs(dir));
     auto pin_one = [](int fd, const std::filesystem::path& path) -> Result<void> {
-      if (bpf_obj_pin(fd, path.c_str()) != 0) return errno_error(errno, fmt::format("pin {}", path.string()));
+      if (bpf_obj_pin(fd, path.c_str()) != 0) return bpf_errno_error(errno, fmt::format("pin {}", path.string()));
       return {};
     };
     for (std::size_t i = 0; i < kLinks.size(); ++i) TALLY_TRY(pin_one(links[i].get(), pinned_link(dir, kLinks[i])));
@@ -235,7 +232,7 @@ struct DevicePolicy::Impl {
 
   Result<void> open_ring() {
     ring.reset(ring_buffer__new(map_fd("tally_policy_events"), &Impl::on_event, this, nullptr));
-    if (!ring) return errno_error(errno, "open ring buffer tally_policy_events");
+    if (!ring) return bpf_errno_error(errno, "open ring buffer tally_policy_events");
     return {};
   }
 
@@ -281,13 +278,10 @@ Result<std::unique_ptr<DevicePolicy>> DevicePolicy::start(const DevicePolicyOpti
   TALLY_TRY(impl->load_and_attach(options.cgroup2_root));
   if (!options.pin_dir.empty()) {
     // The new policy is attached before whatever was pinned goes: no moment without one.
-    std::error_code ec;
-    if (std::filesystem::exists(options.pin_dir / "maps", ec) || std::filesystem::exists(options.pin_dir / "links", ec)) {
-      TALLY_TRY(remove_pinned(options.pin_dir));
-    }
-    if (auto pinned = impl->pin(options.pin_dir); !pinned) {
+    if (pinned(options.pin_dir)) TALLY_TRY(remove_pinned(options.pin_dir));
+    if (auto pinned_now = impl->pin(options.pin_dir); !pinned_now) {
       (void)remove_pinned(options.pin_dir);
-      return pinned.error();
+      return pinned_now.error();
     }
   }
   TALLY_TRY(impl->open_ring());
@@ -331,12 +325,12 @@ Result<PolicyChange> DevicePolicy::install(const PolicyTables& tables, std::uint
   const int cgroups = impl_->map_fd("tally_policy_cgroups");
   const int paths = impl_->map_fd("tally_policy_paths");
   auto put = [](int fd, const void* key, const void* value, std::string_view map) -> Result<void> {
-    if (bpf_map_update_elem(fd, key, value, BPF_ANY) != 0) return errno_error(errno, fmt::format("write map {}", map));
+    if (bpf_map_update_elem(fd, key, value, BPF_ANY) != 0) return bpf_errno_error(errno, fmt::format("write map {}", map));
     return {};
   };
   auto drop = [](int fd, const void* key, std::string_view map) -> Result<void> {
     if (bpf_map_delete_elem(fd, key) != 0 && errno != ENOENT) {
-      return errno_error(errno, fmt::format("delete from map {}", map));
+      return bpf_errno_error(errno, fmt::format("delete from map {}", map));
     }
     return {};
   };
@@ -380,7 +374,7 @@ Result<PolicyChange> DevicePolicy::install(const PolicyTables& tables, std::uint
   state->generation = generation;
   const std::uint32_t zero = 0;
   if (bpf_map_update_elem(impl_->map_fd(kStateMap), &zero, &*state, BPF_ANY) != 0) {
-    return errno_error(errno, "write tally_policy_state");
+    return bpf_errno_error(errno, "write tally_policy_state");
   }
   impl_->generation = generation;
   return change;
@@ -406,7 +400,7 @@ Result<PolicyTables> DevicePolicy::installed() const {
 
 Result<void> DevicePolicy::grant(std::uint64_t cgroup_id, std::uint64_t grants) {
   if (bpf_map_update_elem(impl_->map_fd("tally_policy_cgroups"), &cgroup_id, &grants, BPF_ANY) != 0) {
-    return errno_error(errno, "write map tally_policy_cgroups");
+    return bpf_errno_error(errno, "write map tally_policy_cgroups");
   }
   return {};
 }
@@ -429,7 +423,7 @@ Result<int> DevicePolicy::consume_events(const std::function<void(const PolicyEv
   impl_->handler = &handler;
   const int n = ring_buffer__consume(impl_->ring.get());
   impl_->handler = nullptr;
-  if (n < 0) return errno_error(-n, "read ring buffer tally_policy_events");
+  if (n < 0) return bpf_errno_error(-n, "read ring buffer tally_policy_events");
   return n;
 }
 
@@ -481,6 +475,12 @@ Result<void> DevicePolicy::release() { return {}; }
 std::vector<std::uint32_t> DevicePolicy::link_ids() const { return {}; }
 
 #endif
+
+bool DevicePolicy::pinned(const std::filesystem::path& pin_dir) {
+  std::error_code ec;
+  return !pin_dir.empty() &&
+         (std::filesystem::exists(pin_dir / "maps", ec) || std::filesystem::exists(pin_dir / "links", ec));
+}
 
 DevicePolicy::DevicePolicy(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 

@@ -58,6 +58,8 @@ class DevicePolicy {
   // Detaches the policy for good: its pinned links are detached (whoever else holds them) and its pins removed.
   // True when something was there. What `tallyctl plan clear` and package removal use.
   static Result<bool> remove_pinned(const std::filesystem::path& pin_dir);
+  // Whether `pin_dir` holds a pinned policy (or what is left of one): "" never does.
+  static bool pinned(const std::filesystem::path& pin_dir);
   // A pinned policy stays in force; one that is not pinned is detached with this object.
   ~DevicePolicy();
   DevicePolicy(const DevicePolicy&) = delete;

@@ -446,9 +446,7 @@ class Daemon {
   // policy in force. A node whose plan restricts nothing, with no policy pinned before, attaches nothing.
   void start_partitioning() {
     const PartitionPlan& plan = config_.partitioning;
-    std::error_code ec;
-    const bool pinned = !plan.pin_dir.empty() && std::filesystem::exists(std::filesystem::path(plan.pin_dir) / "maps", ec);
-    if (!plan.restricts() && plan.gpus.empty() && !pinned) return;
+    if (!plan.restricts() && plan.gpus.empty() && !partitioning::DevicePolicy::pinned(plan.pin_dir)) return;
     if (ensure_partitioning()) apply_plan(plan);
   }
 

@@ -270,9 +270,7 @@ json GpuPartitioning::apply(const PartitionPlan& plan) {
     audit(v1::PartitionEvent::KIND_REFUSED, spdlog::level::warn, "", problem);
   }
   for (const auto& problem : compiled->inventory.problems) spdlog::warn("partitioning: {}", problem);
-  std::error_code ec;
-  const bool pinned = !pin_dir.empty() && std::filesystem::exists(std::filesystem::path(pin_dir) / "maps", ec);
-  if (!policy_ && compiled->policy.tables.devices.empty() && !pinned) {
+  if (!policy_ && compiled->policy.tables.devices.empty() && !DevicePolicy::pinned(pin_dir)) {
     if (!geometry_changed) generation_ = previous;
     in_force_ = std::move(compiled);
     report["enforcing"] = false;

@@ -21,7 +21,7 @@
 #include <spdlog/spdlog.h>
 
 #include "agent/base/unique_fd.hpp"
-#include "collectors/kernel/bpf_skeleton.hpp"
+#include "collectors/kernel/bpf_loading.hpp"
 #include "collectors/kernel/kernel_cgroups.hpp"
 #include "ebpf/tally_abi.h"
 
@@ -117,11 +117,6 @@ std::vector<std::uint32_t> accelerator_majors(const FsRoot& fs) {
 
 namespace {
 
-Error errno_error(int error, std::string_view what) {
-  const ErrorCode code = (error == EPERM || error == EACCES) ? ErrorCode::permission : ErrorCode::unsupported;
-  return make_error(code, "{}: {}", what, std::strerror(error));
-}
-
 int libbpf_to_spdlog(enum libbpf_print_level level, const char* format, va_list args) {
   char buffer[1024];
   const int n = std::vsnprintf(buffer, sizeof buffer, format, args);
@@ -212,7 +207,7 @@ std::string hex(const std::uint8_t* bytes, std::size_t size) {
 
 Result<bool> on_bpffs(const std::filesystem::path& path) {
   struct statfs fs{};
-  if (::statfs(path.c_str(), &fs) != 0) return errno_error(errno, fmt::format("statfs {}", path.string()));
+  if (::statfs(path.c_str(), &fs) != 0) return bpf_errno_error(errno, fmt::format("statfs {}", path.string()));
   return fs.f_type == static_cast<decltype(fs.f_type)>(BPF_FS_MAGIC);
 }
 
@@ -364,7 +359,7 @@ struct KernelProbes::Impl {
     device.reset(tally_cgroup_device__open());
     if (!iter || !(sock || sys_exit) || !fork || !exec || !exit || !attach_task || !mkdir || !rmdir || !skb ||
         !device) {
-      return errno_error(errno, "open BPF skeletons");
+      return bpf_errno_error(errno, "open BPF skeletons");
     }
     return {};
   }
@@ -409,7 +404,7 @@ struct KernelProbes::Impl {
     for (const auto& [skeleton, object] : objects()) {
       if (bpf_map* counters = bpf_object__find_map_by_name(object, "tally_counters")) {
         if (int err = bpf_map__set_max_entries(counters, counters_capacity); err != 0) {
-          return errno_error(-err, "size map tally_counters");
+          return bpf_errno_error(-err, "size map tally_counters");
         }
       }
     }
@@ -433,18 +428,18 @@ struct KernelProbes::Impl {
       if (bpf_map__is_internal(map)) continue;  // this object's own .rodata/.bss
       if (const int fd = map_fd(bpf_map__name(map)); fd >= 0) {
         if (int err = bpf_map__reuse_fd(map, fd); err != 0) {
-          return errno_error(-err, fmt::format("reuse map {} in {}", bpf_map__name(map), object_name));
+          return bpf_errno_error(-err, fmt::format("reuse map {} in {}", bpf_map__name(map), object_name));
         }
       }
     }
     if (int err = bpf_object__load_skeleton(skeleton); err != 0) {
-      return errno_error(-err, fmt::format("load BPF object {} (run with --log-level debug for the verifier log)",
+      return bpf_errno_error(-err, fmt::format("load BPF object {} (run with --log-level debug for the verifier log)",
                                            object_name));
     }
     bpf_object__for_each_map(map, object) {
       if (bpf_map__is_internal(map) || map_fd(bpf_map__name(map)) >= 0) continue;
       UniqueFd own(::fcntl(bpf_map__fd(map), F_DUPFD_CLOEXEC, 0));
-      if (!own) return errno_error(errno, fmt::format("dup map {}", bpf_map__name(map)));
+      if (!own) return bpf_errno_error(errno, fmt::format("dup map {}", bpf_map__name(map)));
       maps.emplace(bpf_map__name(map), std::move(own));
     }
     return {};
@@ -459,13 +454,13 @@ struct KernelProbes::Impl {
       const bool cgroup = type == BPF_PROG_TYPE_CGROUP_SKB || type == BPF_PROG_TYPE_CGROUP_DEVICE;
       bpf_link* link = cgroup ? bpf_program__attach_cgroup(program, cgroup_root_fd) : bpf_program__attach(program);
       if (link == nullptr) {
-        return errno_error(errno, fmt::format("attach BPF program {}", bpf_program__name(program)));
+        return bpf_errno_error(errno, fmt::format("attach BPF program {}", bpf_program__name(program)));
       }
       links.emplace_back(link);
       names.emplace_back(bpf_program__name(program));
       if (bpf_program__expected_attach_type(program) == BPF_TRACE_ITER) {
         iter_link.reset(::fcntl(bpf_link__fd(link), F_DUPFD_CLOEXEC, 0));
-        if (!iter_link) return errno_error(errno, "dup the iterator link");
+        if (!iter_link) return bpf_errno_error(errno, "dup the iterator link");
       }
     }
     return {};
@@ -474,11 +469,11 @@ struct KernelProbes::Impl {
   // The overflow entry, which programs charge when the map is full: made before any program can need it.
   Result<void> make_overflow_entry() const {
     const int cpus = libbpf_num_possible_cpus();
-    if (cpus <= 0) return errno_error(-cpus, "number of possible CPUs");
+    if (cpus <= 0) return bpf_errno_error(-cpus, "number of possible CPUs");
     const std::vector<tally_counters> zero(static_cast<std::size_t>(cpus));
     const std::uint64_t key = kOverflowKey;
     if (bpf_map_update_elem(map_fd("tally_counters"), &key, zero.data(), BPF_NOEXIST) != 0) {
-      return errno_error(errno, "create the overflow entry of tally_counters");
+      return bpf_errno_error(errno, "create the overflow entry of tally_counters");
     }
     return {};
   }
@@ -489,12 +484,12 @@ struct KernelProbes::Impl {
     meta.abi_version = TALLY_ABI_VERSION;
     meta.links = static_cast<std::uint32_t>(link_count);
     if (::getrandom(meta.epoch, sizeof meta.epoch, 0) != static_cast<ssize_t>(sizeof meta.epoch)) {
-      return errno_error(errno, "getrandom for the probes' epoch");
+      return bpf_errno_error(errno, "getrandom for the probes' epoch");
     }
     UniqueFd fd(bpf_map_create(BPF_MAP_TYPE_ARRAY, kMetaMap, sizeof(std::uint32_t), sizeof meta, 1, nullptr));
-    if (!fd) return errno_error(errno, "create map tally_meta");
+    if (!fd) return bpf_errno_error(errno, "create map tally_meta");
     const std::uint32_t key = 0;
-    if (bpf_map_update_elem(fd.get(), &key, &meta, BPF_ANY) != 0) return errno_error(errno, "write map tally_meta");
+    if (bpf_map_update_elem(fd.get(), &key, &meta, BPF_ANY) != 0) return bpf_errno_error(errno, "write map tally_meta");
     epoch = hex(meta.epoch, sizeof meta.epoch);
     maps.emplace(kMetaMap, std::move(fd));
     return {};
@@ -505,7 +500,7 @@ struct KernelProbes::Impl {
     auto pin_all = [&]() -> Result<void> {
       TALLY_TRY(make_dirs({pin_dir / "maps", pin_dir / "links"}));
       auto pin_one = [](int fd, const std::filesystem::path& path) -> Result<void> {
-        if (bpf_obj_pin(fd, path.c_str()) != 0) return errno_error(errno, fmt::format("pin {}", path.string()));
+        if (bpf_obj_pin(fd, path.c_str()) != 0) return bpf_errno_error(errno, fmt::format("pin {}", path.string()));
         return {};
       };
       for (const auto& [name, fd] : maps) {
@@ -534,14 +529,14 @@ struct KernelProbes::Impl {
   // One pass of the task iterator: per key, the io bytes not in tally_counters as read just before.
   Result<std::map<std::uint64_t, std::pair<std::uint64_t, std::uint64_t>>> read_live_io() const {
     const UniqueFd pass(bpf_iter_create(iter_link.get()));
-    if (!pass) return errno_error(errno, "run BPF iterator tally_iter_task");
+    if (!pass) return bpf_errno_error(errno, "run BPF iterator tally_iter_task");
     std::map<std::uint64_t, std::pair<std::uint64_t, std::uint64_t>> live;
     std::vector<char> buffer(1024 * sizeof(tally_task_io));  // records may straddle two reads
     std::size_t filled = 0;
     while (true) {
       const ssize_t n = ::read(pass.get(), buffer.data() + filled, buffer.size() - filled);
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return errno_error(errno, "read BPF iterator tally_iter_task");
+      if (n < 0) return bpf_errno_error(errno, "read BPF iterator tally_iter_task");
       if (n == 0) break;
       filled += static_cast<std::size_t>(n);
       std::size_t used = 0;
@@ -562,7 +557,7 @@ struct KernelProbes::Impl {
   // deleted meanwhile is simply absent. Kernels before 5.6 have no batch operations: walked key by key there.
   Result<std::map<std::uint64_t, KernelCounters>> read_settled() {
     const int cpus = libbpf_num_possible_cpus();
-    if (cpus <= 0) return errno_error(-cpus, "number of possible CPUs");
+    if (cpus <= 0) return bpf_errno_error(-cpus, "number of possible CPUs");
     const int fd = map_fd("tally_counters");
     std::map<std::uint64_t, KernelCounters> settled;
     if (batch_lookup) {
@@ -588,7 +583,7 @@ struct KernelProbes::Impl {
         if (error == ENOSPC && count == 0) {
           batch *= 2;
         } else if (error != 0) {
-          return errno_error(error, "batch lookup in map tally_counters");
+          return bpf_errno_error(error, "batch lookup in map tally_counters");
         }
         first = false;
       }
@@ -603,7 +598,7 @@ struct KernelProbes::Impl {
       if (bpf_map_lookup_elem(fd, &key, per_cpu.data()) != 0) continue;  // deleted meanwhile
       settled[key] = sum_cpus(per_cpu.data(), cpus);
     }
-    if (errno != ENOENT && errno != 0) return errno_error(errno, "read map tally_counters");
+    if (errno != ENOENT && errno != 0) return bpf_errno_error(errno, "read map tally_counters");
     return settled;
   }
 };
@@ -641,7 +636,7 @@ Result<Pinned> open_pinned(const std::filesystem::path& pin_dir) {
 
   UniqueFd meta_fd(bpf_obj_get(pinned_map(pin_dir, kMetaMap).c_str()));
   if (!meta_fd) {
-    if (errno == EPERM || errno == EACCES) return errno_error(errno, pinned_map(pin_dir, kMetaMap).string());
+    if (errno == EPERM || errno == EACCES) return bpf_errno_error(errno, pinned_map(pin_dir, kMetaMap).string());
     pinned.mismatch = "an incomplete set (no readable maps/tally_meta)";
     return pinned;
   }
@@ -654,7 +649,7 @@ Result<Pinned> open_pinned(const std::filesystem::path& pin_dir) {
   std::vector<std::uint8_t> value(meta_info->value_size);
   const std::uint32_t zero = 0;
   if (bpf_map_lookup_elem(meta_fd.get(), &zero, value.data()) != 0) {
-    return errno_error(errno, fmt::format("read {}", pinned_map(pin_dir, kMetaMap).string()));
+    return bpf_errno_error(errno, fmt::format("read {}", pinned_map(pin_dir, kMetaMap).string()));
   }
   std::uint32_t version = 0;
   std::memcpy(&version, value.data(), sizeof version);
@@ -807,7 +802,7 @@ Result<std::unique_ptr<KernelProbes>> KernelProbes::start(const ProbeOptions& op
   }
 
   impl->ring.reset(ring_buffer__new(impl->map_fd("tally_events"), on_ring_event, impl.get(), nullptr));
-  if (!impl->ring) return errno_error(errno, "ring buffer tally_events");
+  if (!impl->ring) return bpf_errno_error(errno, "ring buffer tally_events");
   // Pinned last: a start that fails leaves nothing pinned behind.
   if (!impl->adopted && !options.pin_dir.empty()) TALLY_TRY(impl->pin(options.pin_dir, names));
 
@@ -829,11 +824,11 @@ Result<bool> KernelProbes::remove_pinned(const std::filesystem::path& pin_dir) {
     const auto dir = pin_dir / kind;
     for (const auto& name : entries_of(dir)) {
       const auto pin = dir / name;
-      if (::unlink(pin.c_str()) != 0) return errno_error(errno, fmt::format("unpin {}", pin.string()));
+      if (::unlink(pin.c_str()) != 0) return bpf_errno_error(errno, fmt::format("unpin {}", pin.string()));
       removed = true;
     }
     if (::rmdir(dir.c_str()) != 0 && errno != ENOENT) {
-      return errno_error(errno, fmt::format("remove {}", dir.string()));
+      return bpf_errno_error(errno, fmt::format("remove {}", dir.string()));
     }
   }
   return removed;
@@ -896,7 +891,7 @@ Result<int> KernelProbes::consume_events(const std::function<void(const KernelEv
   impl_->handler = &handler;
   const int consumed = ring_buffer__consume(impl_->ring.get());
   impl_->handler = nullptr;
-  if (consumed < 0) return errno_error(-consumed, "consume ring buffer tally_events");
+  if (consumed < 0) return bpf_errno_error(-consumed, "consume ring buffer tally_events");
   return consumed;
 }
 
