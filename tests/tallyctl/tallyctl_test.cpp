@@ -14,6 +14,7 @@
 #include "agent/ledger/ledger.hpp"
 #include "tests/support/deadline.hpp"
 #include "tests/support/tallyd_process.hpp"
+#include "tests/support/temp_dir.hpp"
 #include "tally/v1/feed.pb.h"
 
 namespace tally::test {
@@ -372,7 +373,8 @@ TEST(TallyctlGpus, EachGpuWithItsBucketsAndItsHolders) {
 
 TEST(Tallyctl, HelpOnEverySubcommandAndVersion) {
   for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
-           {TALLYCTL_PATH, "--help"}, {TALLYCTL_PATH, "watch", "--help"}, {TALLYCTL_PATH, "gpus", "--help"}}) {
+           {TALLYCTL_PATH, "--help"}, {TALLYCTL_PATH, "watch", "--help"}, {TALLYCTL_PATH, "gpus", "--help"},
+           {TALLYCTL_PATH, "plan", "--help"}, {TALLYCTL_PATH, "plan", "diff", "--help"}}) {
     const auto result = run_command(args, 20s);
     EXPECT_EQ(result.status.code, 0) << result.output;
     EXPECT_NE(result.output.find("Usage"), std::string::npos) << result.output;
@@ -380,6 +382,22 @@ TEST(Tallyctl, HelpOnEverySubcommandAndVersion) {
   const auto version = run_command({TALLYCTL_PATH, "--version"}, 20s);
   EXPECT_EQ(version.status.code, 0);
   EXPECT_NE(version.output.find("0."), std::string::npos) << version.output;
+}
+
+// `tallyctl plan` with no tallyd to answer: clear still removes what is pinned (package removal runs it after the
+// agent stopped); every other plan command says it cannot reach tallyd, and where it looked.
+TEST(TallyctlPlan, WithoutAnAgentClearWorksAndTheRestSayWhy) {
+  TempDir dir;
+  const std::string socket = (dir / "control.sock").string();
+  const auto cleared = run_command({TALLYCTL_PATH, "plan", "--socket", socket, "clear", "--pin-dir",
+                                    (dir / "tally-policy").string()}, 20s);
+  EXPECT_EQ(cleared.status.code, 0) << cleared.output;
+  EXPECT_NE(cleared.output.find("no GPU device policy pinned in"), std::string::npos) << cleared.output;
+  const auto shown = run_command({TALLYCTL_PATH, "plan", "--socket", socket, "show"}, 20s);
+  EXPECT_EQ(shown.status.code, 1);
+  EXPECT_NE(shown.output.find("cannot reach tallyd at " + socket), std::string::npos) << shown.output;
+  const auto diff = run_command({TALLYCTL_PATH, "plan", "--socket", socket, "diff"}, 20s);
+  EXPECT_NE(diff.status.code, 0) << "diff needs a FILE";
 }
 
 TEST(Tallyctl, BadEndpointIsAClearError) {
