@@ -1,14 +1,17 @@
 #include "agent/base/logging.hpp"
 
 #include <sys/stat.h>
+#include <sys/uio.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 
+#include <fmt/format.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/systemd_sink.h>
 #include <spdlog/spdlog.h>
+#include <systemd/sd-journal.h>
 
 namespace tally {
 
@@ -62,4 +65,33 @@ std::optional<std::uint64_t> LogThrottle::admit(std::uint64_t key, Clock::time_p
   return suppressed;
 }
 
+namespace {
+
+int syslog_priority(spdlog::level::level_enum level) {
+  switch (level) {
+    case spdlog::level::critical: return 2;
+    case spdlog::level::err: return 3;
+    case spdlog::level::warn: return 4;
+    case spdlog::level::info: return 6;
+    default: return 7;
+  }
+}
+
+}  // namespace
+
+void journal_entry(spdlog::level::level_enum level, const std::string& message, std::vector<std::string> fields) {
+  if (level < spdlog::get_level()) return;
+  if (!stderr_is_journal()) {
+    spdlog::log(level, "{}", message);
+    return;
+  }
+  fields.push_back("MESSAGE=" + message);
+  fields.push_back(fmt::format("PRIORITY={}", syslog_priority(level)));
+  fields.push_back("SYSLOG_IDENTIFIER=tallyd");
+  std::vector<iovec> entries;
+  for (std::string& field : fields) entries.push_back(iovec{field.data(), field.size()});
+  if (sd_journal_sendv(entries.data(), static_cast<int>(entries.size())) < 0) spdlog::log(level, "{}", message);
+}
+
 }  // namespace tally
+

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <string>
+#include <vector>
 #include <string_view>
 
 #include <spdlog/common.h>
@@ -20,6 +22,11 @@ bool stderr_is_journal();
 void init_logging(spdlog::level::level_enum level);
 
 std::optional<spdlog::level::level_enum> parse_log_level(std::string_view name);
+
+// An audit record (docs/operations.md): a journal entry with `fields` ("TALLY_DECISION=denied", ...) besides its
+// MESSAGE and PRIORITY, so that `journalctl TALLY_BUDGET=team-a` finds it; off the journal (a terminal, tests) the
+// message as one log line. Nothing below the logger's level is written.
+void journal_entry(spdlog::level::level_enum level, const std::string& message, std::vector<std::string> fields);
 
 // One log line per key (e.g. a uid) per window, however often the event repeats: what a local user can trigger at
 // will (a refused registration) must not flood the journal. The first event of a key is logged at once; later ones

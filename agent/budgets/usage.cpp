@@ -69,4 +69,45 @@ std::optional<std::uint64_t> BudgetUsage::remaining(Seconds now) {
   return total >= *limits_.hard ? 0 : *limits_.hard - total;
 }
 
+SavedUsage BudgetUsage::save() const {
+  SavedUsage saved;
+  saved.soft_reached = soft_reached_;
+  saved.hard_reached = hard_reached_;
+  if (spec_.kind == WindowKind::rolling) {
+    saved.buckets = rolling_.buckets();
+  } else {
+    saved.window_start = window_.start.time_since_epoch().count();
+    saved.used = used_;
+  }
+  return saved;
+}
+
+std::vector<Crossing> BudgetUsage::restore(const SavedUsage& saved, Seconds now) {
+  std::vector<Crossing> crossings;
+  roll(now, crossings);
+  const std::uint64_t limit = limits_.hard.value_or(limits_.soft.value_or(0));
+  std::uint64_t total = 0;
+  if (spec_.kind == WindowKind::rolling) {
+    for (const auto& [epoch, amount] : saved.buckets) rolling_.restore(epoch, amount);
+    total = rolling_.sum(now);
+  } else if (saved.window_start == window_.start.time_since_epoch().count()) {
+    used_ = saved.used;
+    total = used_;
+  } else {
+    // The window it was saved in is over: what was in force then is lifted now.
+    if (saved.hard_reached || saved.soft_reached) {
+      crossings.push_back({Crossing::Kind::lifted, saved.used, limit,
+                           calendar_window(spec_.kind, Seconds(std::chrono::seconds(saved.window_start)), *zone_)});
+    }
+    return crossings;
+  }
+  soft_reached_ = saved.soft_reached && limits_.soft && total >= *limits_.soft;
+  hard_reached_ = saved.hard_reached && limits_.hard && total >= *limits_.hard;
+  if (saved.hard_reached && !hard_reached_) {
+    crossings.push_back({Crossing::Kind::lifted, total, limit, window_at(now)});
+  }
+  for (auto& crossing : record(0, now)) crossings.push_back(crossing);
+  return crossings;
+}
+
 }  // namespace tally::budgets

@@ -29,6 +29,14 @@ struct Crossing {
   CalendarWindow window;  // calendar: the window it happened in; rolling: [now - length, now)
 };
 
+// A budget's usage as saved (with the ledger's checkpoint) and restored.
+struct SavedUsage {
+  std::int64_t window_start = 0;  // calendar windows: the window's start, unix seconds
+  std::uint64_t used = 0;         // calendar windows
+  bool soft_reached = false, hard_reached = false;
+  std::vector<std::pair<std::int64_t, std::uint64_t>> buckets;  // rolling windows: RollingSum::buckets()
+};
+
 class BudgetUsage {
  public:
   BudgetUsage(WindowSpec window, const date::time_zone& zone, Limits limits);
@@ -41,6 +49,12 @@ class BudgetUsage {
   std::optional<std::uint64_t> remaining(Seconds now);
   bool hard_reached() const { return hard_reached_; }
   CalendarWindow window_at(Seconds now) const;
+  const Limits& limits() const { return limits_; }
+
+  SavedUsage save() const;
+  // Continues from what was saved, at `now`, under this usage's limits (they may have changed since): a calendar
+  // window that ended meanwhile is over, and what changed is returned (an action lifted, a limit now reached).
+  std::vector<Crossing> restore(const SavedUsage& saved, Seconds now);
 
  private:
   void roll(Seconds now, std::vector<Crossing>& crossings);

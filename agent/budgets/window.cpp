@@ -116,4 +116,19 @@ std::uint64_t RollingSum::sum(Seconds now) const {
   return total;
 }
 
+std::vector<std::pair<std::int64_t, std::uint64_t>> RollingSum::buckets() const {
+  std::vector<std::pair<std::int64_t, std::uint64_t>> used;
+  for (const Bucket& bucket : buckets_) {
+    if (bucket.epoch >= 0 && bucket.amount != 0) used.emplace_back(bucket.epoch, bucket.amount);
+  }
+  return used;
+}
+
+void RollingSum::restore(std::int64_t epoch, std::uint64_t amount) {
+  Bucket& bucket = buckets_[static_cast<std::size_t>(epoch) % buckets_.size()];
+  if (epoch < bucket.epoch) return;  // a newer slice already holds the slot
+  if (epoch > bucket.epoch) bucket = Bucket{epoch, 0};
+  bucket.amount += amount;
+}
+
 }  // namespace tally::budgets

@@ -51,6 +51,9 @@ class RollingSum {
   // What was added in (now - length, now], give or take one bucket at the old end (kept, never dropped early).
   std::uint64_t sum(Seconds now) const;
   std::chrono::seconds bucket_width() const { return width_; }
+  // What it holds, to be saved and restored (e.g. across agent restarts): (epoch, amount) per bucket in use.
+  std::vector<std::pair<std::int64_t, std::uint64_t>> buckets() const;
+  void restore(std::int64_t epoch, std::uint64_t amount);
 
  private:
   struct Bucket {

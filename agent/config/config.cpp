@@ -267,20 +267,25 @@ std::string origin_of(std::string_view source, const toml::source_region& where)
   return fmt::format("{}:{}", source, where.begin.line);
 }
 
+// The tables of an array of tables ([[full]]); none when the key is absent.
+Result<std::vector<const toml::table*>> tables_of_array(const SchemaReader& reader, const toml::table& table,
+                                                        std::string_view key, const std::string& full) {
+  std::vector<const toml::table*> found;
+  const toml::node* node = table.get(key);
+  if (node == nullptr) return found;
+  if (!node->is_array()) return reader.error_at(node->source(), full, fmt::format("expected [[{}]] tables", full));
+  for (const auto& item : *node->as_array()) {
+    if (!item.is_table()) return reader.error_at(item.source(), full, "expected a table");
+    found.push_back(item.as_table());
+  }
+  return found;
+}
+
 // [[partitioning.gpu]] and [[partitioning.assign]], in tally.toml or a drop-in file.
 Result<void> read_plan_entries(const SchemaReader& reader, std::string_view source, const toml::table& table,
                                partitioning::PartitionPlan& plan) {
-  const auto tables_of = [&](std::string_view key) -> Result<std::vector<const toml::table*>> {
-    std::vector<const toml::table*> found;
-    const toml::node* node = table.get(key);
-    if (node == nullptr) return found;
-    const std::string full = fmt::format("partitioning.{}", key);
-    if (!node->is_array()) return reader.error_at(node->source(), full, fmt::format("expected [[{}]] tables", full));
-    for (const auto& item : *node->as_array()) {
-      if (!item.is_table()) return reader.error_at(item.source(), full, "expected a table");
-      found.push_back(item.as_table());
-    }
-    return found;
+  const auto tables_of = [&](std::string_view key) {
+    return tables_of_array(reader, table, key, fmt::format("partitioning.{}", key));
   };
   auto gpus = tables_of("gpu");
   if (!gpus) return gpus.error();
@@ -453,6 +458,149 @@ Result<void> read_metering(const SchemaReader& reader, const toml::table& table,
 namespace {
 
 // Debian's toml++ is built with exceptions: a syntax error arrives as toml::parse_error.
+// A limit in the resource's unit (an integer, or a number for resources counted in finer units: 1.5 gpu_seconds),
+// in counter units.
+Result<std::optional<std::uint64_t>> read_limit(const SchemaReader& reader, const toml::table& table,
+                                                std::string_view key, const budgets::Resource& resource) {
+  const toml::node* node = table.get(key);
+  if (node == nullptr) return std::optional<std::uint64_t>{};
+  const std::string full = fmt::format("budgets.{}", key);
+  double value = 0;
+  if (node->is_integer()) {
+    value = static_cast<double>(node->as_integer()->get());
+  } else if (node->is_floating_point() && resource.scale > 1) {
+    value = node->as_floating_point()->get();
+  } else {
+    return reader.error_at(node->source(), full,
+                           resource.scale > 1 ? "expected a number" : "expected an integer");
+  }
+  const double scaled = value * static_cast<double>(resource.scale);
+  if (!(value >= 0) || scaled >= 9.0e18) {
+    return reader.error_at(node->source(), full, fmt::format("{} is out of range [0, {}]", value,
+                                                             9'000'000'000'000'000'000ULL / resource.scale));
+  }
+  return std::optional<std::uint64_t>{static_cast<std::uint64_t>(scaled)};
+}
+
+bool budget_name_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
+         c == '.';
+}
+
+// [[budgets]], in tally.toml or a budgets drop-in file.
+Result<void> read_budgets(const SchemaReader& reader, std::string_view source, const toml::table& root,
+                          QuotaSection& quota) {
+  auto tables = tables_of_array(reader, root, "budgets", "budgets");
+  if (!tables) return tables.error();
+  for (const toml::table* t : *tables) {
+    TALLY_TRY(reader.reject_unknown(*t, "budgets", {"name", "select", "resource", "window", "soft", "hard", "action",
+                                                    "degrade_max_tokens", "allowance"}));
+    budgets::Budget budget;
+    budget.origin = origin_of(source, t->source());
+    const auto required = [&](std::string_view key) -> Result<void> {
+      if (!t->contains(key)) return reader.error_at(t->source(), fmt::format("budgets.{}", key), "is required");
+      return {};
+    };
+    TALLY_TRY(required("name"));
+    TALLY_TRY(reader.read_string(*t, "budgets", "name", budget.name));
+    if (budget.name.empty() || budget.name.size() > 64 ||
+        !std::all_of(budget.name.begin(), budget.name.end(), budget_name_char)) {
+      return reader.error_at(t->get("name")->source(), "budgets.name",
+                             fmt::format("'{}': expected 1 to 64 of [A-Za-z0-9_.-]", budget.name));
+    }
+    for (const auto& other : quota.budgets) {
+      if (other.name == budget.name) {
+        return reader.error_at(t->get("name")->source(), "budgets.name",
+                               fmt::format("'{}' is already a budget ({})", budget.name, other.origin));
+      }
+    }
+    TALLY_TRY(required("select"));
+    const toml::node* select = t->get("select");
+    if (!select->is_table()) {
+      return reader.error_at(select->source(), "budgets.select",
+                             "expected a table of labels, e.g. { team = \"a\" } or { workload = \"...\" }");
+    }
+    for (const auto& [key, value] : *select->as_table()) {
+      const std::string full = fmt::format("budgets.select.{}", key.str());
+      if (!value.is_string()) return reader.error_at(value.source(), full, "expected a string");
+      const std::string& text = value.as_string()->get();
+      if (key.str() == "workload") {
+        if (text.empty()) return reader.error_at(value.source(), full, "names no workload");
+        budget.select.workload = text;
+        continue;
+      }
+      if (std::string probe; !shm::format::append_label_pair(probe, key.str(), text)) {
+        return reader.error_at(value.source(), full, fmt::format("'{}={}' is not a label a client can send",
+                                                                 key.str(), text));
+      }
+      budget.select.labels.emplace_back(std::string(key.str()), text);
+    }
+    std::sort(budget.select.labels.begin(), budget.select.labels.end());
+    TALLY_TRY(required("resource"));
+    std::string text;
+    TALLY_TRY(reader.read_string(*t, "budgets", "resource", text));
+    auto resource = budgets::parse_resource(text);
+    if (!resource) return reader.error_at(t->get("resource")->source(), "budgets.resource", resource.error().message);
+    budget.resource = std::move(*resource);
+    text = "day";
+    TALLY_TRY(reader.read_string(*t, "budgets", "window", text));
+    auto window = budgets::parse_window(text);
+    if (!window) return reader.error_at(t->get("window")->source(), "budgets.window", window.error().message);
+    budget.window = *window;
+    auto soft = read_limit(reader, *t, "soft", budget.resource);
+    if (!soft) return soft.error();
+    auto hard = read_limit(reader, *t, "hard", budget.resource);
+    if (!hard) return hard.error();
+    budget.soft = *soft;
+    budget.hard = *hard;
+    if (!budget.soft && !budget.hard) return reader.error_at(t->source(), "budgets", "sets neither soft nor hard");
+    if (budget.soft && budget.hard && *budget.soft > *budget.hard) {
+      return reader.error_at(t->get("soft")->source(), "budgets.soft", "is above hard");
+    }
+    if (const toml::node* action = t->get("action")) {
+      TALLY_TRY(reader.read_string(*t, "budgets", "action", text));
+      auto parsed = budgets::parse_action(text);
+      if (!parsed) return reader.error_at(action->source(), "budgets.action", parsed.error().message);
+      if (auto why = budgets::unsupported(*parsed)) return reader.error_at(action->source(), "budgets.action", *why);
+      if (!budget.hard && *parsed != budgets::Action::notify) {
+        return reader.error_at(action->source(), "budgets.action", "needs a hard limit");
+      }
+      budget.action = *parsed;
+    } else if (budget.hard) {
+      return reader.error_at(t->source(), "budgets.action", "is required with a hard limit");
+    }
+    if (t->contains("degrade_max_tokens")) {
+      if (budget.action != budgets::Action::degrade) {
+        return reader.error_at(t->get("degrade_max_tokens")->source(), "budgets.degrade_max_tokens",
+                               "only for action \"degrade\"");
+      }
+      TALLY_TRY(reader.read_uint(*t, "budgets", "degrade_max_tokens", 1, 65535, budget.degrade_max_tokens));
+    }
+    if (t->contains("allowance")) {
+      if (!budget.resource.client_counter) {
+        return reader.error_at(t->get("allowance")->source(), "budgets.allowance",
+                               fmt::format("resource '{}' is not reserved by clients (tally_reserve): only "
+                                           "tokens_in, tokens_out, requests, errors, gpu_seconds and tool_calls are",
+                                           budget.resource.name));
+      }
+      std::uint32_t allowance = 0;
+      TALLY_TRY(reader.read_uint(*t, "budgets", "allowance", 1, UINT32_MAX, allowance));
+      budget.allowance = allowance;
+    }
+    quota.budgets.push_back(std::move(budget));
+  }
+  return {};
+}
+
+Result<void> read_quota(const SchemaReader& reader, const toml::table& table, QuotaSection& quota) {
+  TALLY_TRY(reader.reject_unknown(table, "quota", {"time_zone", "drop_in_dir"}));
+  TALLY_TRY(reader.read_string(table, "quota", "time_zone", quota.time_zone));
+  if (auto zone = budgets::find_time_zone(quota.time_zone); !zone) {
+    return reader.error_at(table.get("time_zone")->source(), "quota.time_zone", zone.error().message);
+  }
+  return reader.read_path(table, "quota", "drop_in_dir", quota.drop_in_dir, /*allow_empty=*/true);
+}
+
 Result<toml::table> parse_toml(std::string_view toml_text, std::string_view source_name) {
   try {
     return toml::parse(toml_text, source_name);
@@ -471,7 +619,8 @@ Result<Config> parse_config(std::string_view toml_text, std::string_view source_
   const SchemaReader reader(source_name);
   Config config;
   TALLY_TRY(reader.reject_unknown(root, "",
-                                  {"agent", "feed", "probes", "metering", "topology", "identity", "gpu", "partitioning"}));
+                                  {"agent", "feed", "probes", "metering", "topology", "identity", "gpu", "partitioning",
+                                   "quota", "budgets"}));
 
   auto agent = reader.section(root, "agent");
   if (!agent) return agent.error();
@@ -511,7 +660,25 @@ Result<Config> parse_config(std::string_view toml_text, std::string_view source_
   auto plan = reader.section(root, "partitioning");
   if (!plan) return plan.error();
   if (*plan) TALLY_TRY(read_partitioning(reader, source_name, **plan, config.partitioning));
+
+  auto quota = reader.section(root, "quota");
+  if (!quota) return quota.error();
+  if (*quota) TALLY_TRY(read_quota(reader, **quota, config.quota));
+  TALLY_TRY(read_budgets(reader, source_name, root, config.quota));
   return config;
+}
+
+Result<void> parse_budgets_drop_in(std::string_view toml_text, std::string_view source_name, QuotaSection& quota) {
+  auto parsed = parse_toml(toml_text, source_name);
+  if (!parsed) return parsed.error();
+  const SchemaReader reader(source_name);
+  TALLY_TRY(reader.reject_unknown(*parsed, "", {"budgets"}));
+  return read_budgets(reader, source_name, *parsed, quota);
+}
+
+std::filesystem::path budgets_drop_in_dir(const QuotaSection& quota, const std::filesystem::path& config_path) {
+  if (!quota.drop_in_dir.empty()) return quota.drop_in_dir;
+  return config_path.parent_path() / "budgets.d";
 }
 
 Result<void> parse_plan_drop_in(std::string_view toml_text, std::string_view source_name,
@@ -535,21 +702,42 @@ std::filesystem::path plan_drop_in_dir(const partitioning::PartitionPlan& plan,
   return config_path.parent_path() / "plan.d";
 }
 
-Result<void> load_plan_drop_ins(const std::filesystem::path& dir, partitioning::PartitionPlan& plan) {
+namespace {
+
+// Feeds every *.toml of `dir` (in name order) to `parse`; a missing directory feeds nothing.
+template <typename Parse>
+Result<void> load_drop_ins(const std::filesystem::path& dir, std::string_view what, Parse parse) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) return {};
   std::vector<std::filesystem::path> files;
   for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
     if (entry.path().extension() == ".toml" && entry.is_regular_file(ec)) files.push_back(entry.path());
   }
-  if (ec) return make_error(ErrorCode::io, "{}: cannot list plan drop-ins: {}", dir.string(), ec.message());
+  if (ec) return make_error(ErrorCode::io, "{}: cannot list {} drop-ins: {}", dir.string(), what, ec.message());
   std::sort(files.begin(), files.end());
   for (const auto& file : files) {
     const auto text = read_file(file);
-    if (!text) return make_error(ErrorCode::io, "{}: cannot read plan drop-in", file.string());
-    TALLY_TRY(parse_plan_drop_in(*text, file.string(), plan));
+    if (!text) return make_error(ErrorCode::io, "{}: cannot read {} drop-in", file.string(), what);
+    TALLY_TRY(parse(*text, file.string()));
   }
   return {};
+}
+
+// The drop-ins of a configuration read from `path` (or the built-in defaults, for a file that is not there).
+Result<void> load_all_drop_ins(const std::filesystem::path& path, Config& config) {
+  TALLY_TRY(load_plan_drop_ins(plan_drop_in_dir(config.partitioning, path), config.partitioning));
+  return load_drop_ins(budgets_drop_in_dir(config.quota, path), "budgets",
+                       [&](std::string_view text, std::string_view file) {
+                         return parse_budgets_drop_in(text, file, config.quota);
+                       });
+}
+
+}  // namespace
+
+Result<void> load_plan_drop_ins(const std::filesystem::path& dir, partitioning::PartitionPlan& plan) {
+  return load_drop_ins(dir, "plan", [&](std::string_view text, std::string_view file) {
+    return parse_plan_drop_in(text, file, plan);
+  });
 }
 
 Result<Config> load_config(const std::filesystem::path& path, bool must_exist) {
@@ -557,7 +745,7 @@ Result<Config> load_config(const std::filesystem::path& path, bool must_exist) {
   if (!std::filesystem::exists(path, ec)) {
     if (must_exist) return make_error(ErrorCode::not_found, "{}: config file not found", path.string());
     Config defaults;
-    TALLY_TRY(load_plan_drop_ins(plan_drop_in_dir(defaults.partitioning, path), defaults.partitioning));
+    TALLY_TRY(load_all_drop_ins(path, defaults));
     return defaults;
   }
   if (!std::filesystem::is_regular_file(path, ec)) {
@@ -567,7 +755,7 @@ Result<Config> load_config(const std::filesystem::path& path, bool must_exist) {
   if (!text) return make_error(ErrorCode::io, "{}: cannot read config file", path.string());
   auto config = parse_config(*text, path.string());
   if (!config) return config;
-  TALLY_TRY(load_plan_drop_ins(plan_drop_in_dir(config->partitioning, path), config->partitioning));
+  TALLY_TRY(load_all_drop_ins(path, *config));
   return config;
 }
 

@@ -12,6 +12,7 @@
 
 #include "agent/base/result.hpp"
 #include "agent/base/workload_identity.hpp"
+#include "agent/budgets/budget.hpp"
 #include "agent/feed/endpoint.hpp"
 #include "agent/partitioning/plan.hpp"
 #include "collectors/kernel/bpf_probes.hpp"
@@ -95,6 +96,15 @@ struct GpuSection {
   bool operator==(const GpuSection&) const = default;
 };
 
+// Budgets ([quota] and [[budgets]], in tally.toml and the budgets drop-ins, docs/budgets.md). Applied at start and
+// on every reload.
+struct QuotaSection {
+  std::string time_zone = "UTC";  // an IANA name: where calendar windows begin (local midnight, month, hour)
+  std::string drop_in_dir;        // "": budgets.d beside the configuration file
+  std::vector<budgets::Budget> budgets;
+  bool operator==(const QuotaSection&) const = default;
+};
+
 struct Config {
   AgentSection agent;
   FeedSection feed;
@@ -106,6 +116,7 @@ struct Config {
   IdentityRules identity;
   // GPU partitioning ([partitioning] and the plan drop-ins, docs/partitioning.md).
   partitioning::PartitionPlan partitioning;
+  QuotaSection quota;
   bool operator==(const Config&) const = default;
 };
 
@@ -124,7 +135,12 @@ std::filesystem::path plan_drop_in_dir(const partitioning::PartitionPlan& plan,
 // Adds every *.toml of `dir` (in name order) to `plan`; a missing directory adds nothing.
 Result<void> load_plan_drop_ins(const std::filesystem::path& dir, partitioning::PartitionPlan& plan);
 
-// Reads and parses a file, then the plan drop-ins. A missing file is an error only when `must_exist` (the operator
+// A budgets drop-in file: [[budgets]] only, added to `quota` (names stay unique across files).
+Result<void> parse_budgets_drop_in(std::string_view toml_text, std::string_view source_name, QuotaSection& quota);
+// Where the budgets drop-ins are: [quota] drop_in_dir, else budgets.d beside the config file.
+std::filesystem::path budgets_drop_in_dir(const QuotaSection& quota, const std::filesystem::path& config_path);
+
+// Reads and parses a file, then the plan and budgets drop-ins. A missing file is an error only when `must_exist` (the operator
 // named it with --config); otherwise the built-in defaults apply.
 Result<Config> load_config(const std::filesystem::path& path, bool must_exist);
 

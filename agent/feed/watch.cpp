@@ -91,6 +91,15 @@ std::string format_event(const v1::Event& event) {
       if (!e.detail().empty()) line += fmt::format(" detail=\"{}\"", e.detail());
       return line;
     }
+    case v1::Event::kQuota: {
+      const auto& e = event.quota();
+      std::string line = fmt::format("event Quota {} budget={} selector=\"{}\" resource={} window={} used={} limit={} "
+                                     "overshoot={} action={}",
+                                     v1::QuotaEvent::Kind_Name(e.kind()).substr(5), e.budget(), e.selector(),
+                                     e.resource(), e.window(), e.used(), e.limit(), e.overshoot(), e.action());
+      if (!e.workload().empty()) line += fmt::format(" workload={}", e.workload());
+      return line;
+    }
     case v1::Event::BODY_NOT_SET: break;
   }
   return "event (unknown)";

@@ -343,4 +343,9 @@ void Ledger::set_cursor(const std::string& key, std::uint64_t value) {
   ++generation_;
 }
 
+void Ledger::erase_cursors(std::string_view prefix) {
+  const auto erased = std::erase_if(cursors_, [&](const auto& entry) { return entry.first.starts_with(prefix); });
+  if (erased != 0) ++generation_;
+}
+
 }  // namespace tally::ledger

@@ -218,7 +218,10 @@ class Ledger {
   // Where a source stands in a stream it reads again after a restart (NVML: the newest utilization sample taken and
   // the energy counter's reading, per GPU), saved in the checkpoint with the totals they led to, so that a restart
   // neither skips nor repeats. Keys name the source, e.g. "nvml:GPU-…:sample_us".
+  // Other state that must be durable with the totals it counted uses the same map (budgets: "budget:<name>:…").
   void set_cursor(const std::string& key, std::uint64_t value);
+  // Removes the cursors whose key starts with `prefix` (e.g. a budget no longer configured).
+  void erase_cursors(std::string_view prefix);
   const std::map<std::string, std::uint64_t, std::less<>>& cursors() const { return cursors_; }
 
   // --- Restoring (the checkpoint) ---

@@ -12,5 +12,6 @@ void add_gpus_command(CLI::App& app, int& exit_status);
 void add_topo_command(CLI::App& app, int& exit_status);
 void add_probes_command(CLI::App& app, int& exit_status);
 void add_plan_command(CLI::App& app, int& exit_status);
+void add_quota_commands(CLI::App& app, int& exit_status);  // quota and release
 
 }  // namespace tally::agent

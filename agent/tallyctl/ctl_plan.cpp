@@ -4,14 +4,8 @@
 //
 // Exit status: 0 done; 2 done, but part of the plan was refused (diff: would be); 1 error.
 
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <memory>
 
@@ -19,10 +13,10 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
-#include "agent/base/unix_socket.hpp"
 #include "agent/config/config.hpp"
 #include "agent/partitioning/device_policy.hpp"
 #include "agent/tallyctl/ctl_commands.hpp"
+#include "agent/tallyctl/control_client.hpp"
 
 namespace tally::agent {
 namespace {
@@ -37,43 +31,6 @@ struct PlanOptions {
   // A MIG reconcile on a real GPU takes seconds per step; the agent answers once it is done.
   int timeout_s = 600;
 };
-
-// Sends one request and reads the whole answer; an error when the agent cannot be reached or answers nonsense.
-Result<json> ask_agent(const PlanOptions& options, const json& request) {
-  const auto address = unix_socket_address(options.socket);
-  if (!address) return make_error(ErrorCode::invalid_argument, "{}: not a usable socket path", options.socket);
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd || ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&*address), sizeof *address) != 0) {
-    return make_error(ErrorCode::not_found, "cannot reach tallyd at {}: {} (is it running? root only)",
-                      options.socket, std::strerror(errno));
-  }
-  const std::string line = request.dump() + "\n";
-  if (::send(fd.get(), line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size())) {
-    return make_error(ErrorCode::io, "send to {}: {}", options.socket, std::strerror(errno));
-  }
-  std::string answer;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(options.timeout_s);
-  while (true) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    pollfd p{fd.get(), POLLIN, 0};
-    if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) == 0) {
-      return make_error(ErrorCode::io, "tallyd did not answer within {} s", options.timeout_s);
-    }
-    char chunk[65536];
-    const ssize_t n = ::recv(fd.get(), chunk, sizeof chunk, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return make_error(ErrorCode::io, "read from {}: {}", options.socket, std::strerror(errno));
-    if (n == 0) break;
-    answer.append(chunk, static_cast<std::size_t>(n));
-  }
-  try {
-    json reply = json::parse(answer);
-    if (reply.contains("error")) return make_error(ErrorCode::invalid_argument, "tallyd: {}", reply["error"].get<std::string>());
-    return reply;
-  } catch (const json::exception&) {
-    return make_error(ErrorCode::io, "tallyd's answer is not JSON ({} bytes)", answer.size());
-  }
-}
 
 std::vector<std::string> strings(const json& value) {
   std::vector<std::string> out;
@@ -183,7 +140,7 @@ int run(const PlanOptions& options, std::string_view command) {
     std::error_code ec;
     request["file"] = std::filesystem::absolute(options.file, ec).string();
   }
-  auto reply = ask_agent(options, request);
+  auto reply = ask_agent(options.socket, request, std::chrono::seconds(options.timeout_s));
   if (!reply && command == "clear" && reply.error().code == ErrorCode::not_found) {
     // No agent: the pinned policy is removed here (what package removal does after stopping tallyd).
     auto removed = partitioning::DevicePolicy::remove_pinned(options.pin_dir);

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   tally::agent::add_topo_command(app, exit_status);
   tally::agent::add_probes_command(app, exit_status);
   tally::agent::add_plan_command(app, exit_status);
+  tally::agent::add_quota_commands(app, exit_status);
   CLI11_PARSE(app, argc, argv);
   return exit_status;
 }

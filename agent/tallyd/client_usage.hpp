@@ -23,6 +23,13 @@ class ClientUsage final : public shm::MeteringSource::Listener {
   void on_drained(const shm::Segment& segment, std::span<const shm::RequestEvent> events) override;
   void on_retired(const shm::Segment& segment, const std::string& quarantine_reason) override;
 
+  // The ledger's label set of each of a segment's handles (index 0 and handles not read yet: null).
+  std::span<ledger::LabelSet* const> label_sets(const shm::Segment& segment) const {
+    auto it = bindings_.find(&segment);
+    if (it == bindings_.end()) return {};
+    return it->second.label_sets;
+  }
+
  private:
   static constexpr std::size_t kValues = shm::format::kCounterCount + shm::format::kGaugeCount;
   static constexpr std::uint32_t kNoCell = UINT32_MAX;

@@ -22,6 +22,7 @@
 #include "agent/feed/topology_message.hpp"
 #include "agent/feed/usage_report.hpp"
 #include "agent/ledger/ledger.hpp"
+#include "agent/tallyd/budget_enforcement.hpp"
 #include "agent/tallyd/client_usage.hpp"
 #include "agent/tallyd/control_server.hpp"
 #include "agent/tallyd/event_loop.hpp"
@@ -49,6 +50,8 @@ constexpr milliseconds kHeartbeatAccuracy{20};
 constexpr milliseconds kDeviceSettle{200};  // quiet time after the last device event
 constexpr milliseconds kDeviceSettleAccuracy{10};
 constexpr milliseconds kPartitionResync{1000};  // new cgroups matched again at most once a second
+
+budgets::Seconds budget_clock() { return std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::now()); }
 
 void fill_probe_state(const collectors::ProbeState& state, v1::ProbeState& out) {
   switch (state.state) {
@@ -92,6 +95,7 @@ class Daemon {
     signal_sources_.push_back(std::move(*hangup));
 
     restore_ledger();
+    TALLY_TRY(start_budgets());
     TALLY_TRY(start_checkpoints());
     TALLY_TRY(arm_timers());
     watch_devices();
@@ -156,6 +160,19 @@ class Daemon {
       spdlog::warn("ledger: {} is the checkpoint of an older tallyd and is not read: the totals of exited workloads "
                    "it held start again", legacy.string());
     }
+  }
+
+  // Budgets (docs/budgets.md): configured, then restored as the checkpoint saved them with the totals they counted,
+  // before any source adds to the ledger.
+  Result<void> start_budgets() {
+    budgets_ = std::make_unique<BudgetEnforcement>(ledger_, [this](const v1::QuotaEvent& event) {
+      v1::Envelope envelope;
+      *envelope.mutable_event()->mutable_quota() = event;
+      publisher_->publish(envelope);
+    });
+    TALLY_TRY(budgets_->configure(config_.quota, budget_clock()));
+    budgets_->start(budget_clock());
+    return {};
   }
 
   Result<void> start_checkpoints() {
@@ -248,6 +265,8 @@ class Daemon {
     }
     if (kernel_) kernel_usage_->record(kernel_->collect());
     take_gpu_passes();
+    budgets_->pass(metering_.get(), client_usage_.get(), budget_clock());
+    budgets_->save();
     const std::uint64_t now = unix_time_ns();
     ledger_.expire(now, std::uint64_t{config_.metering.retention_s} * 1'000'000'000ULL);
     publisher_->publish(FeedKind::usage, encoder_.encode(ledger_, {interval_start_ns_, now, snapshot, final}));
@@ -381,6 +400,12 @@ class Daemon {
     });
     auto tick = loop_->add_periodic(milliseconds(config_.metering.drain_interval_ms), kDrainAccuracy, [this] {
       metering_->drain(/*every=*/false);
+      if (budgets_->configured()) {
+        // Budgets act within a drain interval: the counters of the segments that moved are read now, and
+        // decisions and allowances written back.
+        metering_->sync(/*every=*/false);
+        budgets_->pass(metering_.get(), client_usage_.get(), budget_clock());
+      }
       pace_draining();
     });
     if (!io || !tick) {
@@ -388,6 +413,7 @@ class Daemon {
       return;
     }
     metering_ = std::move(*metering);
+    metering_->set_initial_allowance(budgets_->governs_reservations() ? shm::format::kAllowancePending : 0);
     metering_io_ = std::move(*io);
     metering_timer_ = std::move(*tick);
     pace_draining();
@@ -518,6 +544,17 @@ class Daemon {
       if (auto error = reload(); !error.empty()) return {{"error", error}};
       return last_plan_report_;
     }
+    if (command == "quota.show") return {{"budgets", budgets_->show(budget_clock())}};
+    if (command == "quota.release") {
+      const std::string workload = request.value("workload", "");
+      if (workload.empty()) return {{"error", "quota.release needs a workload"}};
+      if (auto released = budgets_->release(workload, request.value("budget", ""), budget_clock()); !released) {
+        return {{"error", released.error().message}};
+      }
+      // In force at once: the next pass writes the workload's admission words without the released action.
+      budgets_->pass(metering_.get(), client_usage_.get(), budget_clock());
+      return {{"budgets", budgets_->show(budget_clock())}};
+    }
     if (command == "plan.diff") {
       auto plan = plan_for_diff(request.value("file", ""));
       if (!plan) return {{"error", plan.error().message}};
@@ -608,6 +645,10 @@ class Daemon {
     next.agent.control_socket = config_.agent.control_socket;
     config_ = std::move(next);
     if (timers_changed) TALLY_TRY(arm_timers());
+    TALLY_TRY(budgets_->configure(config_.quota, budget_clock()));  // its time zone was checked with the file
+    if (metering_) {
+      metering_->set_initial_allowance(budgets_->governs_reservations() ? shm::format::kAllowancePending : 0);
+    }
     if (!options_.log_level_override) {
       if (auto level = parse_log_level(config_.agent.log_level)) spdlog::set_level(*level);
     }
@@ -640,6 +681,9 @@ class Daemon {
   UsageReportEncoder encoder_;
   std::uint64_t reports_ = 0;
   std::chrono::steady_clock::time_point last_snapshot_;
+
+  // Budgets: usage from the ledger, decisions and allowances into the clients' control files.
+  std::unique_ptr<BudgetEnforcement> budgets_;
 
   // Its checkpoint; what each submitted checkpoint retired waits for it to be durable.
   struct Retired {

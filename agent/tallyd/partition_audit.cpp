@@ -1,10 +1,7 @@
 #include "agent/tallyd/partition_audit.hpp"
 
-#include <sys/uio.h>
-
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
-#include <systemd/sd-journal.h>
 
 #include "agent/base/logging.hpp"
 
@@ -18,16 +15,6 @@ std::string decision_of(const v1::PartitionEvent& event) {
   if (name.starts_with("KIND_")) name.erase(0, 5);
   for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return name;
-}
-
-int syslog_priority(spdlog::level::level_enum level) {
-  switch (level) {
-    case spdlog::level::critical: return 2;
-    case spdlog::level::err: return 3;
-    case spdlog::level::warn: return 4;
-    case spdlog::level::info: return 6;
-    default: return 7;
-  }
 }
 
 }  // namespace
@@ -69,19 +56,7 @@ std::vector<std::string> journal_fields(const v1::PartitionEvent& e) {
 }
 
 void journal_decision(const v1::PartitionEvent& event, spdlog::level::level_enum level) {
-  const std::string message = describe(event);
-  if (level < spdlog::get_level()) return;
-  if (!stderr_is_journal()) {
-    spdlog::log(level, "{}", message);
-    return;
-  }
-  std::vector<std::string> fields = journal_fields(event);
-  fields.push_back("MESSAGE=" + message);
-  fields.push_back(fmt::format("PRIORITY={}", syslog_priority(level)));
-  fields.push_back("SYSLOG_IDENTIFIER=tallyd");
-  std::vector<iovec> entries;
-  for (std::string& field : fields) entries.push_back(iovec{field.data(), field.size()});
-  if (sd_journal_sendv(entries.data(), static_cast<int>(entries.size())) < 0) spdlog::log(level, "{}", message);
+  journal_entry(level, describe(event), journal_fields(event));
 }
 
 }  // namespace tally::agent

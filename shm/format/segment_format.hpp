@@ -102,15 +102,21 @@ struct Record {
 };
 static_assert(sizeof(Record) == 64);
 
-// Room for the quota work, part of version 1 so the layout never has to move: per label set, what the client has
-// reserved against the allowance the agent grants in the control file (read-only to the client), and what it has
-// committed. Protocol: before work, a CAS loop raises `reserved` by the estimate only if
-// reserved + committed + estimate <= allowance; after the work, `committed` += actual cost and `reserved` -= the
-// estimate. Concurrent requests of one client therefore cannot overshoot the allowance; the agent still meters the
-// real cost from the counters and trusts these fields only as the client's own bookkeeping. Zero until used.
+// Allowances (budgets, docs/budgets.md): per label set, what the client has claimed against the allowance the agent
+// grants in the control file (read-only to the client), and what it has committed. The allowance word names the
+// one counter it governs and the cumulative amount granted (allowance_word below); 0: no allowance governs the
+// label set. Protocol, all in this shared memory (no system call, no lock shared with other processes):
+//  - tally_reserve(amount) on the governed counter: a CAS loop raises `claimed` by `amount` only if
+//    claimed + amount <= granted; otherwise it is refused. On any other counter it is granted and changes nothing.
+//  - tally_commit(reserved, used): adds `used` to the counter first, then `committed` += used (release: the agent
+//    that sees it sees the counter), then `claimed` += used - reserved (never below 0). A commit above what was
+//    reserved is counted in full and leaves `claimed` above `granted` until the next grant.
+// Concurrent requests of one client therefore cannot spend past the allowance; the agent meters the real usage
+// from the counters, and trusts these fields only as the client's own bookkeeping (a hostile client can hold at
+// most what it was granted, never spend another's). Zero until used.
 struct BudgetEntry {
-  std::uint64_t reserved;
-  std::uint64_t committed;
+  std::uint64_t claimed;    // reserved and not yet released, plus committed
+  std::uint64_t committed;  // what commits added to the governed counter
 };
 static_assert(sizeof(BudgetEntry) == 16);
 
@@ -141,7 +147,7 @@ struct ControlHeader {
   std::uint32_t label_capacity;
   std::uint64_t size;
   std::uint64_t decisions_offset;   // u32[label_capacity]: decision | reason << 8
-  std::uint64_t allowances_offset;  // u64[label_capacity]: budget granted per label set (quota work, issue 5+)
+  std::uint64_t allowances_offset;  // u64[label_capacity]: allowance_word() per label set (BudgetEntry)
   // What the agent thinks of the segment (kSegmentLive, kSegmentRetired), stored with release by the agent: a client
   // that reads kSegmentRetired stops writing into it and registers again (its totals so far are the agent's already).
   // Zero in files made before this field existed: live.
@@ -212,6 +218,26 @@ inline Layout init_header(Header& h, std::uint32_t label_capacity, std::uint32_t
   h.slot_stride = l.slot_stride;
   h.slot_headers_offset = version >= 2 ? l.slot_headers_offset : 0;  // reserved before version 2
   return l;
+}
+
+// An allowance word: the governed counter (+1) in the top byte, the cumulative amount granted below it. Granted
+// amounts only grow while the segment lives (a new agent continues from the word it finds).
+inline constexpr std::uint64_t kAllowanceAmountMask = (std::uint64_t{1} << 56) - 1;
+constexpr std::uint64_t allowance_word(std::uint32_t counter, std::uint64_t granted) {
+  return (std::uint64_t{counter + 1} << 56) | (granted & kAllowanceAmountMask);
+}
+constexpr std::uint32_t allowance_counter(std::uint64_t word) { return static_cast<std::uint32_t>(word >> 56) - 1; }
+// A label set the agent has not looked at yet, while budgets govern reservations: every tally_reserve on it is
+// refused until the agent's next pass says what governs it (a client must never spend before the agent can count
+// it against a budget). The agent writes it into every handle of a new control file.
+inline constexpr std::uint64_t kAllowancePending = std::uint64_t{0xff} << 56;
+constexpr bool allowance_pending(std::uint64_t word) { return (word >> 56) == 0xff; }
+constexpr std::uint64_t allowance_granted(std::uint64_t word) { return word & kAllowanceAmountMask; }
+
+// A decision word: decision | reason << 8, where reason is a tally_reason in its low 8 bits and, for
+// TALLY_DEGRADE, the hint (a max_tokens cap, 0: none) in the 16 above.
+constexpr std::uint32_t decision_word(std::uint8_t decision, std::uint32_t reason) {
+  return decision | (reason << 8);
 }
 
 constexpr std::uint64_t control_size(std::uint32_t label_capacity) {

@@ -113,6 +113,13 @@ Result<void> MeteringSource::attach(const Registration& registration) {
   segment->file = std::move(*file);
   if (auto control = MappedFile::open(registration.control_path, sizeof(format::ControlHeader), kMaxControlBytes)) {
     segment->control.emplace(std::move(*control));
+    if (initial_allowance_ != 0) {
+      // A label set is governed from its first reservation on: words found set (a restart) are kept.
+      const auto& header = *reinterpret_cast<const format::ControlHeader*>(segment->control->bytes().data());
+      for (std::uint32_t handle = 1; handle < format::load_relaxed(header.label_capacity); ++handle) {
+        if (allowance(*segment->control, handle) == 0) set_allowance(*segment->control, handle, initial_allowance_);
+      }
+    }
   }
   auto reader = SegmentReader::attach(segment->file.bytes());
   segments_.push_back(std::move(segment));

@@ -120,6 +120,14 @@ class MeteringSource {
   void remove_files(const std::string& name) const;
 
   std::size_t live_segments() const { return segments_.size(); }
+  // The allowance word every label set of a segment attached from now on starts with, before the agent looked at it
+  // (format::kAllowancePending while budgets govern reservations; 0: none). Written before the client is answered.
+  void set_initial_allowance(std::uint64_t word) { initial_allowance_ = word; }
+  // Every live segment, e.g. to write the budgets' decisions and allowances into their control files.
+  template <typename Visit>
+  void for_each_segment(Visit&& visit) const {
+    for (const auto& segment : segments_) visit(*segment);
+  }
   std::uint64_t quarantined() const { return quarantined_; }
 
  private:
@@ -157,6 +165,7 @@ class MeteringSource {
   // One pidfd per producer process (pid, start ticks), however many segments it registered: fds follow processes.
   std::map<std::pair<pid_t, std::uint64_t>, std::weak_ptr<const UniqueFd>> producers_;
   bool unwatched_ = false;
+  std::uint64_t initial_allowance_ = 0;
   // What live segments each uid and cgroup holds, for the bounds above.
   struct Share {
     std::size_t segments = 0;

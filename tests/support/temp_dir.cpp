@@ -21,6 +21,7 @@ TempDir::~TempDir() {
 
 std::filesystem::path TempDir::write(const std::string& name, const std::string& text) const {
   const auto file = path_ / name;
+  std::filesystem::create_directories(file.parent_path());  // "budgets.d/10-a.toml" makes budgets.d
   std::ofstream out(file, std::ios::binary | std::ios::trunc);
   out << text;
   return file;

@@ -13,7 +13,7 @@ class TempDir {
   TempDir& operator=(const TempDir&) = delete;
   const std::filesystem::path& path() const { return path_; }
   std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
-  // Writes `text` to `name` inside the directory and returns its path.
+  // Writes `text` to `name` inside the directory (making the directories it names) and returns its path.
   std::filesystem::path write(const std::string& name, const std::string& text) const;
 
  private:

@@ -374,7 +374,8 @@ TEST(TallyctlGpus, EachGpuWithItsBucketsAndItsHolders) {
 TEST(Tallyctl, HelpOnEverySubcommandAndVersion) {
   for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
            {TALLYCTL_PATH, "--help"}, {TALLYCTL_PATH, "watch", "--help"}, {TALLYCTL_PATH, "gpus", "--help"},
-           {TALLYCTL_PATH, "plan", "--help"}, {TALLYCTL_PATH, "plan", "diff", "--help"}}) {
+           {TALLYCTL_PATH, "plan", "--help"}, {TALLYCTL_PATH, "plan", "diff", "--help"},
+           {TALLYCTL_PATH, "quota", "--help"}, {TALLYCTL_PATH, "release", "--help"}}) {
     const auto result = run_command(args, 20s);
     EXPECT_EQ(result.status.code, 0) << result.output;
     EXPECT_NE(result.output.find("Usage"), std::string::npos) << result.output;

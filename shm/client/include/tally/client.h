@@ -74,16 +74,23 @@ typedef struct {
   uint32_t status;
 } tally_request;
 
-typedef enum { TALLY_ALLOW = 0, TALLY_THROTTLE = 1, TALLY_DENY = 2 } tally_decision;
+/* TALLY_DEGRADE: serve, but cheaper (a smaller model, fewer tokens): the reason carries the hint. A client built
+ * before it existed reads it as TALLY_DENY, the safe side. */
+typedef enum { TALLY_ALLOW = 0, TALLY_THROTTLE = 1, TALLY_DENY = 2, TALLY_DEGRADE = 3 } tally_decision;
 
 /* Why the agent decided what it did. */
 typedef enum {
   TALLY_REASON_NONE = 0,
   TALLY_REASON_NO_AGENT = 1,        /* not attached: allowed, nothing is enforced */
   TALLY_REASON_LABELS_REFUSED = 2,  /* the agent's config forbids this process to claim these labels */
-  TALLY_REASON_BUDGET = 3,          /* reserved for the quota work */
-  TALLY_REASON_POLICY = 4           /* reserved for the quota work */
+  TALLY_REASON_BUDGET = 3,          /* a budget's hard limit, or nothing left to grant (docs/budgets.md) */
+  TALLY_REASON_POLICY = 4           /* the agent wrote a decision this client does not know */
 } tally_reason;
+
+/* A tally_admission's reason: the tally_reason in its low 8 bits; for TALLY_DEGRADE, the hint in the 16 above it:
+ * the largest max_tokens a request should ask for (0: no cap, only "cheaper"). */
+#define TALLY_REASON_CODE(reason) ((reason) & 0xffu)
+#define TALLY_DEGRADE_MAX_TOKENS(reason) (((reason) >> 8) & 0xffffu)
 
 typedef struct {
   tally_decision decision;
@@ -119,6 +126,20 @@ TALLY_API void tally_set(tally_client *client, uint32_t labels, tally_gauge gaug
 TALLY_API void tally_record(tally_client *client, uint32_t labels, const tally_request *request);
 /* What the agent decided for this label set. TALLY_ALLOW with TALLY_REASON_NO_AGENT when not attached. */
 TALLY_API tally_admission tally_admit(tally_client *client, uint32_t labels);
+
+/* Allowances (docs/budgets.md): reserve before the work, commit what it really cost after. Hot path, like
+ * tally_add: all in shared memory, no system call, no lock shared with other processes.
+ * tally_reserve returns 1 when `amount` of `counter` is granted from the allowance the agent gave this label set,
+ * 0 when it is refused (the budget is spent, or the agent has not topped the allowance up yet: try again after a
+ * drain interval, or see tally_admit). 1 when no budget governs the label set and counter, or no agent is
+ * attached: nothing is enforced then. */
+TALLY_API int tally_reserve(tally_client *client, uint32_t labels, tally_counter counter, uint64_t amount);
+/* Adds `used` to the counter (exactly, whatever was reserved) and gives back what was reserved and not used. A
+ * `used` above `reserved` is counted in full and charged to the budget as overshoot. Call it once per granted
+ * tally_reserve, with that reservation's amount; a process that dies between the two leaves nothing held: its
+ * allowance goes back to the budget when the agent sees it exit. */
+TALLY_API void tally_commit(tally_client *client, uint32_t labels, tally_counter counter, uint64_t reserved,
+                            uint64_t used);
 
 /* 1 when attached to a live segment of the agent, else 0 (not yet, or the agent quarantined the segment: the
  * background thread is registering again). Not for the hot path (takes a lock). */

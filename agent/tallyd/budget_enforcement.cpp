@@ -1,0 +1,262 @@
+#include "agent/tallyd/budget_enforcement.hpp"
+
+#include <algorithm>
+
+#include <date/date.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "agent/base/logging.hpp"
+#include "agent/budgets/allowance.hpp"
+#include "shm/format/segment_format.hpp"
+#include "shm/segments/segment_file.hpp"
+#include "tally/client.h"
+
+namespace tally::agent {
+namespace {
+
+namespace fmt_ns = shm::format;
+using budgets::BudgetEvent;
+
+// A client may write anything into its own entries: what is read from them stays far from the word's bounds.
+constexpr std::uint64_t kClientValueBound = fmt_ns::kAllowanceAmountMask / 4;
+
+std::string kind_name(v1::QuotaEvent::Kind kind) {
+  std::string name = v1::QuotaEvent::Kind_Name(kind);
+  if (name.starts_with("KIND_")) name.erase(0, 5);
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return name;
+}
+
+std::string time_of(std::int64_t unix_s) {
+  return date::format("%F %T UTC", budgets::Seconds(std::chrono::seconds(unix_s)));
+}
+
+}  // namespace
+
+v1::QuotaEvent to_proto(const BudgetEvent& e) {
+  v1::QuotaEvent out;
+  switch (e.kind) {
+    case BudgetEvent::Kind::soft_reached: out.set_kind(v1::QuotaEvent::KIND_SOFT_REACHED); break;
+    case BudgetEvent::Kind::hard_reached: out.set_kind(v1::QuotaEvent::KIND_HARD_REACHED); break;
+    case BudgetEvent::Kind::lifted: out.set_kind(v1::QuotaEvent::KIND_LIFTED); break;
+    case BudgetEvent::Kind::released: out.set_kind(v1::QuotaEvent::KIND_RELEASED); break;
+  }
+  out.set_budget(e.budget);
+  out.set_selector(e.selector);
+  out.set_resource(e.resource);
+  out.set_window(e.window_spec);
+  out.set_action(std::string(budgets::to_string(e.action)));
+  out.set_used(e.used);
+  out.set_limit(e.limit);
+  out.set_overshoot(e.overshoot);
+  out.set_window_start_unix_s(e.window.start.time_since_epoch().count());
+  out.set_window_end_unix_s(e.window.end.time_since_epoch().count());
+  out.set_workload(e.workload);
+  return out;
+}
+
+std::string describe(const v1::QuotaEvent& e) {
+  const std::string head =
+      fmt::format("budget {} ({})", e.budget(), e.selector().empty() ? "every workload" : e.selector());
+  const std::string usage = fmt::format("{} of {} {} in the {} window {} to {}", e.used(), e.limit(), e.resource(),
+                                        e.window(), time_of(e.window_start_unix_s()), time_of(e.window_end_unix_s()));
+  const std::string overshoot = e.overshoot() != 0 ? fmt::format(" ({} over)", e.overshoot()) : "";
+  switch (e.kind()) {
+    case v1::QuotaEvent::KIND_SOFT_REACHED: return fmt::format("{}: soft limit reached: {}", head, usage);
+    case v1::QuotaEvent::KIND_HARD_REACHED:
+      return fmt::format("{}: hard limit reached: {}{}: {}", head, usage, overshoot, e.action());
+    case v1::QuotaEvent::KIND_LIFTED: return fmt::format("{}: {} lifted: {}{}", head, e.action(), usage, overshoot);
+    case v1::QuotaEvent::KIND_RELEASED:
+      return fmt::format("{}: {} released for {} until the window ends: {}", head, e.action(), e.workload(), usage);
+    default: return fmt::format("{}: {}", head, usage);
+  }
+}
+
+std::vector<std::string> journal_fields(const v1::QuotaEvent& e) {
+  std::vector<std::string> fields{
+      fmt::format("TALLY_BUDGET={}", e.budget()),
+      fmt::format("TALLY_QUOTA_EVENT={}", kind_name(e.kind())),
+      fmt::format("TALLY_ACTION={}", e.action()),
+      fmt::format("TALLY_SELECTOR={}", e.selector()),
+      fmt::format("TALLY_RESOURCE={}", e.resource()),
+      fmt::format("TALLY_USED={}", e.used()),
+      fmt::format("TALLY_LIMIT={}", e.limit()),
+      fmt::format("TALLY_OVERSHOOT={}", e.overshoot()),
+      fmt::format("TALLY_WINDOW={}", e.window()),
+      fmt::format("TALLY_WINDOW_START={}", e.window_start_unix_s()),
+      fmt::format("TALLY_WINDOW_END={}", e.window_end_unix_s())};
+  if (!e.workload().empty()) fields.push_back(fmt::format("TALLY_WORKLOAD={}", e.workload()));
+  return fields;
+}
+
+Result<void> BudgetEnforcement::configure(const QuotaSection& quota, budgets::Seconds now) {
+  auto zone = budgets::find_time_zone(quota.time_zone);
+  if (!zone) return zone.error();
+  auto reconfigured = engine_.configure(quota.budgets, **zone, now);
+  for (const auto& change : reconfigured.changes) spdlog::info("budgets: {}", change);
+  for (const auto& event : reconfigured.events) emit(event);
+  return {};
+}
+
+bool BudgetEnforcement::governs_reservations() const {
+  const auto& all = engine_.budgets();
+  return std::any_of(all.begin(), all.end(), [](const budgets::Budget& b) { return b.hard && b.resource.client_counter; });
+}
+
+void BudgetEnforcement::start(budgets::Seconds now) {
+  for (const auto& event : engine_.start(ledger_, now)) emit(event);
+  if (configured()) spdlog::info("budgets: {} in force", engine_.budgets().size());
+}
+
+void BudgetEnforcement::emit(const BudgetEvent& event) {
+  const v1::QuotaEvent message = to_proto(event);
+  const bool acts = event.kind == BudgetEvent::Kind::hard_reached && event.action != budgets::Action::notify;
+  journal_entry(acts ? spdlog::level::warn : spdlog::level::info, describe(message), journal_fields(message));
+  if (emit_) emit_(message);
+}
+
+void BudgetEnforcement::pass(const shm::MeteringSource* metering, const ClientUsage* clients, budgets::Seconds now) {
+  if (!configured() && !wrote_) return;
+  ++pass_;
+  for (const auto& event : engine_.update(ledger_, now)) emit(event);
+  if (metering != nullptr && clients != nullptr) write_segments(*metering, *clients, now);
+  wrote_ = configured();
+}
+
+void BudgetEnforcement::write_segments(const shm::MeteringSource& metering, const ClientUsage& clients,
+                                       budgets::Seconds now) {
+  // A label set of a segment under an allowance, as planned in this pass.
+  struct Governed {
+    const shm::Segment* segment = nullptr;
+    std::uint32_t handle = 0;
+    std::uint32_t counter = 0;
+    std::vector<std::size_t> budgets;  // every budget with a hard limit on this counter that selects it
+    budgets::Holder holder;
+    std::uint64_t granted = UINT64_MAX;  // the least any of its budgets offers
+    bool exhausted = false;              // some budget has nothing left for it
+  };
+  struct Decision {
+    const shm::Segment* segment;
+    std::uint32_t handle;
+    budgets::Verdict verdict;
+    std::size_t governed;  // index into `governed`, or SIZE_MAX
+  };
+  std::vector<Governed> governed;
+  std::vector<Decision> decisions;
+  const auto& all = engine_.budgets();
+  const bool reservations = governs_reservations();
+  metering.for_each_segment([&](const shm::Segment& segment) {
+    if (!segment.control || !segment.reader) return;
+    const auto label_sets = clients.label_sets(segment);
+    SegmentHoldings& held = holdings_[segment.name];
+    held.pass = pass_;
+    auto& holdings = held.by_handle;
+    holdings.resize(label_sets.size());
+    if (held.pending != reservations) {
+      // Budgets that govern reservations came or went (a reload, or the first pass over a segment): the handles
+      // this agent has not read yet wait for it, or no longer.
+      const std::uint64_t from = reservations ? 0 : fmt_ns::kAllowancePending;
+      const std::uint64_t to = reservations ? fmt_ns::kAllowancePending : 0;
+      const auto& header = *reinterpret_cast<const fmt_ns::ControlHeader*>(segment.control->bytes().data());
+      for (auto handle = static_cast<std::uint32_t>(std::max<std::size_t>(label_sets.size(), 1));
+           handle < fmt_ns::load_relaxed(header.label_capacity); ++handle) {
+        if (shm::allowance(*segment.control, handle) == from) shm::set_allowance(*segment.control, handle, to);
+      }
+      held.pending = reservations;
+    }
+    for (std::uint32_t handle = 1; handle < label_sets.size(); ++handle) {
+      const ledger::LabelSet* label_set = label_sets[handle];
+      if (label_set == nullptr || (handle < segment.refused.size() && segment.refused[handle])) continue;
+      Decision decision{&segment, handle, engine_.verdict(*label_set), SIZE_MAX};
+      Governed g;
+      g.segment = &segment;
+      g.handle = handle;
+      bool governs = false;
+      for (std::size_t index : engine_.matching(*label_set)) {
+        const budgets::Budget& b = all[index];
+        if (!b.hard || !b.resource.client_counter) continue;
+        if (!governs) g.counter = *b.resource.client_counter;
+        governs = true;
+        if (*b.resource.client_counter == g.counter) g.budgets.push_back(index);
+      }
+      Holding& hold = holdings[handle];
+      const std::uint64_t word = shm::allowance(*segment.control, handle);
+      if (!governs) {
+        if (word != 0) shm::set_allowance(*segment.control, handle, 0);  // nothing governs it any more
+        hold = Holding{};
+        decisions.push_back(decision);
+        continue;
+      }
+      const fmt_ns::BudgetEntry entry = segment.reader->budget_entry(handle);
+      // As read with the counters the ledger holds now: every commit in it is in the budget's usage already.
+      const std::uint64_t committed = std::min(segment.reader->committed(handle), kClientValueBound);
+      const std::uint64_t spent = hold.known ? committed - std::min(hold.committed, committed) : 0;
+      if (word != 0 && !fmt_ns::allowance_pending(word) && fmt_ns::allowance_counter(word) == g.counter) {
+        // Granted before (by this agent, or by the one before a restart): what it may still commit is the grant
+        // less what it committed.
+        g.holder = {fmt_ns::allowance_granted(word), committed, spent};
+      } else {
+        // Newly governed (or on another counter): grants start from what it holds already, and what it holds
+        // beyond what is counted (reserved, or committed since its counters were read) counts as out.
+        const std::uint64_t base =
+            std::max({std::min(entry.claimed, kClientValueBound), std::min(entry.committed, kClientValueBound), committed});
+        g.holder = {base, committed, 0};
+      }
+      hold.committed = committed;
+      hold.known = true;
+      decision.governed = governed.size();
+      governed.push_back(std::move(g));
+      decisions.push_back(decision);
+    }
+  });
+  // Segments gone: their allowances went back to their budgets with them.
+  std::erase_if(holdings_, [&](const auto& entry) { return entry.second.pass != pass_; });
+  // Each budget shares what it has left among the label sets it governs; a label set takes the least it is offered.
+  for (std::size_t index = 0; index < all.size(); ++index) {
+    const std::optional<std::uint64_t> remaining = engine_.remaining(index, now);
+    if (!remaining) continue;
+    std::vector<std::size_t> members;
+    std::vector<budgets::Holder> holders;
+    for (std::size_t i = 0; i < governed.size(); ++i) {
+      if (std::find(governed[i].budgets.begin(), governed[i].budgets.end(), index) == governed[i].budgets.end()) continue;
+      members.push_back(i);
+      holders.push_back(governed[i].holder);
+    }
+    if (members.empty()) continue;
+    const std::uint64_t granule = all[index].granule();
+    const budgets::AllowancePlan plan = budgets::plan_allowances(*remaining, granule, holders);
+    for (std::size_t k = 0; k < members.size(); ++k) {
+      Governed& g = governed[members[k]];
+      g.granted = std::min(g.granted, plan.granted[k]);
+      const std::uint64_t exposure = plan.granted[k] - std::min(holders[k].committed, plan.granted[k]);
+      if (plan.left == 0 && exposure < granule) g.exhausted = true;
+    }
+  }
+  for (const Governed& g : governed) {
+    const std::uint64_t granted = std::min(std::max(g.granted, g.holder.granted), fmt_ns::kAllowanceAmountMask);
+    const std::uint64_t word = fmt_ns::allowance_word(g.counter, granted);
+    if (shm::allowance(*g.segment->control, g.handle) != word) shm::set_allowance(*g.segment->control, g.handle, word);
+  }
+  for (const Decision& d : decisions) {
+    std::uint8_t decision = d.verdict.decision;
+    std::uint32_t reason = d.verdict.reason;
+    if (d.governed != SIZE_MAX && governed[d.governed].exhausted) {
+      decision = TALLY_DENY;  // nothing left to grant it: a cooperative client stops asking
+      reason = TALLY_REASON_BUDGET;
+    }
+    shm::set_decision(*d.segment->control, d.handle, decision, reason);
+  }
+}
+
+nlohmann::json BudgetEnforcement::show(budgets::Seconds now) { return engine_.show(now); }
+
+Result<void> BudgetEnforcement::release(const std::string& workload, const std::string& budget,
+                                        budgets::Seconds now) {
+  auto events = engine_.release(ledger_, workload, budget, now);
+  if (!events) return events.error();
+  for (const auto& event : *events) emit(event);
+  return {};
+}
+
+}  // namespace tally::agent
