@@ -114,8 +114,9 @@ struct tally_client {
   detail::Settings settings;
   std::string name;
 
-  // --- published with the epoch (release), under `mutex`; the hot path reads gauges, decisions and header only
-  // after seeing the epoch, through relaxed atomic loads (a re-attach replaces them, never unmaps the old ones) ---
+  // --- published with the epoch (release), under `mutex`; the hot path reads gauges, decisions, allowances,
+  // budgets and header only after seeing the epoch, through relaxed atomic loads (a re-attach replaces them, never
+  // unmaps the old ones) ---
   std::byte* segment = nullptr;
   std::size_t segment_size = 0;
   const std::byte* control = nullptr;
@@ -129,6 +130,8 @@ struct tally_client {
   std::uint64_t* gauges = nullptr;
   std::uint64_t* overflow = nullptr;
   const std::uint32_t* decisions = nullptr;
+  const std::uint64_t* allowances = nullptr;  // allowance_word() per label set, in the control file
+  fmt_ns::BudgetEntry* budgets = nullptr;     // what this client claimed and committed per label set
   // Segments given up (quarantined or retired by the agent): threads may still be finishing a write into them,
   // so they stay mapped until tally_close.
   struct Mapping {
@@ -276,6 +279,11 @@ struct alignas(64) ThreadCache {
   std::uint32_t label_capacity = 0;
   bool shared = false;  // overflow shard: atomic RMW
   std::uint32_t tid = 0;  // 0 until this thread's first call
+  // tally_reserve and tally_commit: the tables of the epoch above, taken in the same refresh as label_capacity, so
+  // that they are never paired with another segment's bounds (as reading them through the client after a re-attach
+  // could).
+  const std::uint64_t* allowances = nullptr;  // nullptr: a control file without them, nothing is enforced
+  fmt_ns::BudgetEntry* budgets = nullptr;
 };
 
 // Slots of other clients (or earlier epochs) this thread used, when it alternates between clients (rare).
@@ -512,6 +520,16 @@ void publish_counter_name(tally_client* c, std::size_t index) {
 
 bool attached(const tally_client* c) { return c->process.epoch.load(std::memory_order_acquire) != 0; }
 
+// One entry per label set at `offset` in the mapped control file, or nullptr when the file does not hold the table
+// whole (not a control file of this format): the hot path then enforces nothing from it.
+template <class T>
+const T* control_table(const tally_client* c, std::uint64_t offset) {
+  const auto* control = reinterpret_cast<const fmt_ns::ControlHeader*>(c->control);
+  const bool whole = control->magic == fmt_ns::kControlMagic && offset % alignof(T) == 0 &&
+                     offset + std::uint64_t{sizeof(T)} * c->label_capacity <= c->control_size;
+  return whole ? reinterpret_cast<const T*>(c->control + offset) : nullptr;
+}
+
 // Maps the agent's segment and control file (kept from forked children), carries over what was interned and
 // counted before, then publishes the attach.
 bool map_reply_fds(tally_client* c, int segment_fd, int control_fd) {
@@ -567,11 +585,9 @@ bool map_reply_fds(tally_client* c, int segment_fd, int control_fd) {
   c->lane_records = header->lane_records;
   store_relaxed(c->gauges, reinterpret_cast<std::uint64_t*>(c->segment + layout.gauges_offset));
   c->overflow = reinterpret_cast<std::uint64_t*>(c->segment + layout.overflow_offset);
-  const std::uint32_t* decisions =
-      control->magic == fmt_ns::kControlMagic && control->decisions_offset + 4ull * c->label_capacity <= want_control
-          ? reinterpret_cast<const std::uint32_t*>(c->control + control->decisions_offset)
-          : nullptr;
-  store_relaxed(c->decisions, decisions);
+  store_relaxed(c->decisions, control_table<std::uint32_t>(c, control->decisions_offset));
+  store_relaxed(c->allowances, control_table<std::uint64_t>(c, control->allowances_offset));
+  store_relaxed(c->budgets, reinterpret_cast<fmt_ns::BudgetEntry*>(c->segment + layout.budgets_offset));
   for (std::uint32_t h = 1; h < c->labels.size(); ++h) publish_label(c, h);
   for (std::size_t i = 0; i < c->counter_names.size(); ++i) publish_counter_name(c, i);
   hand_over_pending(c, true);  // before the epoch: no thread writes the segment's gauges yet
@@ -886,6 +902,8 @@ void free_client(tally_client* c) {
   tc.slot = view.slot;
   tc.records = view.records;
   tc.cached_tail = view.slot ? load_acquire(view.slot->tail) : 0;
+  tc.allowances = load_relaxed(c->allowances);
+  tc.budgets = load_relaxed(c->budgets);
   return true;
 }
 
@@ -935,6 +953,73 @@ inline bool cache_for(ThreadCache& tc, tally_client* c) {
   }
   add_request_counters(cells, request, add_owned);
   append_record(tc, labels, request);
+}
+
+// tally_add's fast path, shared with tally_commit: a plain add into this thread's own slot. False when the slow
+// path must count it (see add_slow).
+[[gnu::always_inline]] inline bool add_fast(const ThreadCache& tc, const tally_client* c, std::uint32_t labels,
+                                            tally_counter counter, std::uint64_t value) {
+  if (!cache_is_for(tc, c) || labels - 1 >= tc.fast_labels ||
+      static_cast<std::uint32_t>(counter) >= fmt_ns::kCounterCount) {
+    return false;
+  }
+  add_owned(tc.counters + std::size_t{labels} * fmt_ns::kCounterCount + counter, value);
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Allowances (segment_format.hpp, BudgetEntry): claimed against what the agent granted, in the segment; every
+// thread of the process shares the entry, so every change is an atomic read-modify-write.
+
+// The allowance word that governs `counter` of label set `labels` in the thread cache's segment: one naming that
+// counter, or kAllowancePending (the agent has not decided yet, so it holds every counter back); 0 when none does
+// (no allowance, one for another counter, a bad handle or counter, a control file without allowances).
+inline std::uint64_t governing_allowance(const ThreadCache& tc, std::uint32_t labels, tally_counter counter) {
+  if (tc.allowances == nullptr || labels - 1 >= tc.label_capacity - 1 ||
+      static_cast<std::uint32_t>(counter) >= fmt_ns::kCounterCount) {
+    return 0;
+  }
+  const std::uint64_t word = load_relaxed(tc.allowances[labels]);
+  const bool governs =
+      fmt_ns::allowance_pending(word) || fmt_ns::allowance_counter(word) == static_cast<std::uint32_t>(counter);
+  return word != 0 && governs ? word : 0;
+}
+
+// Raises `claimed` by `amount` unless it would pass `granted` (compared so that nothing can wrap around).
+inline bool claim(std::uint64_t& claimed, std::uint64_t granted, std::uint64_t amount) {
+  std::atomic_ref<std::uint64_t> cell(claimed);
+  std::uint64_t seen = cell.load(std::memory_order_relaxed);
+  do {
+    if (amount > granted || seen > granted - amount) return false;
+  } while (!cell.compare_exchange_weak(seen, seen + amount, std::memory_order_acq_rel, std::memory_order_relaxed));
+  return true;
+}
+
+// claimed += used - reserved, never below 0: a commit whose reservation this segment never held (taken before a
+// re-attach, or never taken) must not wrap `claimed` around, which would refuse every reservation after it.
+inline void settle(std::uint64_t& claimed, std::uint64_t reserved, std::uint64_t used) {
+  if (used == reserved) return;  // nothing to give back, no overshoot: spare the shared line a locked write
+  std::atomic_ref<std::uint64_t> cell(claimed);
+  std::uint64_t seen = cell.load(std::memory_order_relaxed);
+  std::uint64_t next = 0;
+  do {
+    next = used >= reserved ? seen + (used - reserved) : seen - std::min(seen, reserved - used);
+  } while (!cell.compare_exchange_weak(seen, next, std::memory_order_acq_rel, std::memory_order_relaxed));
+}
+
+// tally_reserve once this thread's cache is for the client's current segment.
+inline int reserve_in(const ThreadCache& tc, std::uint32_t labels, tally_counter counter, std::uint64_t amount) {
+  const std::uint64_t word = governing_allowance(tc, labels, counter);
+  if (word == 0) return 1;
+  if (fmt_ns::allowance_pending(word)) return 0;  // the agent has not looked at this label set yet
+  return claim(tc.budgets[labels].claimed, fmt_ns::allowance_granted(word), amount) ? 1 : 0;
+}
+
+// A thread's first call, a re-attach, not attached: off the fast path, so that it saves no registers.
+[[gnu::noinline]] int reserve_slow(tally_client* c, std::uint32_t labels, tally_counter counter, std::uint64_t amount) {
+  ThreadCache& tc = t_cache;
+  if (!refresh(tc, c)) return 1;  // not attached: nothing is enforced
+  return reserve_in(tc, labels, counter, amount);
 }
 
 }  // namespace
@@ -1064,11 +1149,9 @@ tally_counter tally_register_counter(tally_client* c, const char* name) {
 
 void tally_add(tally_client* c, uint32_t labels, tally_counter counter, uint64_t value) {
   ThreadCache& tc = t_cache;
-  if (!cache_is_for(tc, c) || labels - 1 >= tc.fast_labels || static_cast<std::uint32_t>(counter) >= fmt_ns::kCounterCount)
-      [[unlikely]] {
+  if (!add_fast(tc, c, labels, counter, value)) [[unlikely]] {
     return add_slow(c, labels, counter, value);  // a tail call: the fast path saves no registers
   }
-  add_owned(tc.counters + std::size_t{labels} * fmt_ns::kCounterCount + counter, value);
 }
 
 void tally_set(tally_client* c, uint32_t labels, tally_gauge gauge, uint64_t value) {
@@ -1097,8 +1180,29 @@ tally_admission tally_admit(tally_client* c, uint32_t labels) {
   if (labels - 1 >= tc.label_capacity - 1) return {TALLY_ALLOW, TALLY_REASON_NONE};
   const std::uint32_t word = load_relaxed(decisions[labels]);
   const std::uint32_t decision = word & 0xff;
-  if (decision > TALLY_DENY) return {TALLY_DENY, TALLY_REASON_POLICY};  // an agent never writes this
+  // A decision newer than this library: the safe side. (TALLY_DEGRADE's hint rides in the reason word.)
+  if (decision > TALLY_DEGRADE) return {TALLY_DENY, TALLY_REASON_POLICY};
   return {static_cast<tally_decision>(decision), word >> 8};
+}
+
+int tally_reserve(tally_client* c, uint32_t labels, tally_counter counter, uint64_t amount) {
+  ThreadCache& tc = t_cache;
+  if (!cache_is_for(tc, c)) [[unlikely]] return reserve_slow(c, labels, counter, amount);
+  return reserve_in(tc, labels, counter, amount);
+}
+
+void tally_commit(tally_client* c, uint32_t labels, tally_counter counter, uint64_t reserved, uint64_t used) {
+  // The counter first, exactly as tally_add counts it, in every state: the bookkeeping below only follows it.
+  ThreadCache& tc = t_cache;
+  if (!add_fast(tc, c, labels, counter, used)) [[unlikely]] {
+    add_slow(c, labels, counter, used);
+    if (!cache_is_for(tc, c)) return;  // not attached (add_slow refreshed the cache if it is): nothing is enforced
+  }
+  if (governing_allowance(tc, labels, counter) == 0) return;
+  fmt_ns::BudgetEntry& entry = tc.budgets[labels];
+  // Release: an agent that reads `committed` (acquire) sees the counter it was added to.
+  std::atomic_ref<std::uint64_t>(entry.committed).fetch_add(used, std::memory_order_release);
+  settle(entry.claimed, reserved, used);
 }
 
 int tally_attached(tally_client* c) {

@@ -176,13 +176,39 @@ Result<CreatedSegment> create_segment(const std::filesystem::path& path, const s
   return CreatedSegment{std::move(fd), std::move(read_only)};
 }
 
-void set_decision(const MappedFile& control, std::uint32_t handle, std::uint8_t decision, std::uint32_t reason) {
+namespace {
+
+// Label set `handle`'s entry in the control file's table at `offset` (decisions, allowances), or nullptr when the
+// handle is out of range or the table is not wholly in the mapping.
+template <typename T>
+T* control_entry(const MappedFile& control, std::uint32_t handle, std::uint64_t format::ControlHeader::*offset) {
   const auto bytes = control.bytes();
-  if (bytes.size() < sizeof(format::ControlHeader)) return;
+  if (bytes.size() < sizeof(format::ControlHeader)) return nullptr;
   const auto* h = reinterpret_cast<const format::ControlHeader*>(bytes.data());
-  if (handle >= h->label_capacity || h->decisions_offset + 4ull * h->label_capacity > bytes.size()) return;
-  auto* decisions = reinterpret_cast<std::uint32_t*>(bytes.data() + h->decisions_offset);
-  format::store_relaxed(decisions[handle], std::uint32_t{decision} | (reason << 8));
+  if (handle >= h->label_capacity || h->*offset + std::uint64_t{sizeof(T)} * h->label_capacity > bytes.size()) {
+    return nullptr;
+  }
+  return reinterpret_cast<T*>(bytes.data() + h->*offset) + handle;
+}
+
+}  // namespace
+
+void set_decision(const MappedFile& control, std::uint32_t handle, std::uint8_t decision, std::uint32_t reason) {
+  if (std::uint32_t* word = control_entry<std::uint32_t>(control, handle, &format::ControlHeader::decisions_offset)) {
+    format::store_relaxed(*word, format::decision_word(decision, reason));
+  }
+}
+
+void set_allowance(const MappedFile& control, std::uint32_t handle, std::uint64_t word) {
+  // Release (acquire in allowance()): whoever reads a grant sees what the agent wrote before it.
+  if (std::uint64_t* entry = control_entry<std::uint64_t>(control, handle, &format::ControlHeader::allowances_offset)) {
+    format::store_release(*entry, word);
+  }
+}
+
+std::uint64_t allowance(const MappedFile& control, std::uint32_t handle) {
+  const std::uint64_t* entry = control_entry<std::uint64_t>(control, handle, &format::ControlHeader::allowances_offset);
+  return entry != nullptr ? format::load_acquire(*entry) : 0;
 }
 
 }  // namespace tally::shm

@@ -74,4 +74,10 @@ Result<CreatedSegment> create_segment(const std::filesystem::path& path, const s
 // Writes a decision for one label set into a mapped control file (agent side). Out-of-range handles are ignored.
 void set_decision(const MappedFile& control, std::uint32_t handle, std::uint8_t decision, std::uint32_t reason);
 
+// The allowance word (format::allowance_word) of one label set in a mapped control file (agent side). Stored with
+// release; out-of-range handles are ignored. Granted amounts only grow while the segment lives (BudgetEntry).
+void set_allowance(const MappedFile& control, std::uint32_t handle, std::uint64_t word);
+// The word last stored there; 0 (no allowance) for an out-of-range handle. A new agent continues from it.
+std::uint64_t allowance(const MappedFile& control, std::uint32_t handle);
+
 }  // namespace tally::shm

@@ -127,6 +127,7 @@ Result<void> SegmentReader::read_labels() {
     if (!parsed) return make_error(ErrorCode::invalid_argument, "label set {}: {}", handle, parsed.error().message);
     labels_.push_back(std::move(*parsed));
     counters_.emplace_back();
+    committed_.push_back(0);
     gauges_.emplace_back();
   }
   const std::uint32_t names = load_acquire(header_->user_counter_count);
@@ -163,7 +164,10 @@ Result<void> SegmentReader::read_counters() {
   const auto* gauges = at<const std::uint64_t>(layout_.gauges_offset);
   // A thread takes the overflow shard only when every slot is owned: until then it holds nothing to read.
   const bool overflow_used = used == slot_count_;
+  const auto* budgets = at<const format::BudgetEntry>(layout_.budgets_offset);
   for (std::uint32_t handle = 1; handle < labels_.size(); ++handle) {
+    // Before the counters (acquire, paired with the client's release after its add): see committed().
+    committed_[handle] = load_acquire(budgets[handle].committed);
     CounterArray& sum = scratch_;
     for (std::uint32_t k = 0; k < format::kCounterCount; ++k) {
       sum[k] = overflow_used ? load_relaxed(overflow[std::size_t{handle} * format::kCounterCount + k]) : 0;
@@ -261,6 +265,13 @@ Result<void> SegmentReader::drain(std::vector<RequestEvent>& events) {
 Result<void> SegmentReader::read_totals() {
   TALLY_TRY(read_labels());
   return read_counters();
+}
+
+format::BudgetEntry SegmentReader::budget_entry(std::uint32_t handle) const {
+  if (handle == 0 || handle >= label_capacity_) return {};  // handle 0 is no label set: the client never uses it
+  const auto& entry = at<const format::BudgetEntry>(layout_.budgets_offset)[handle];
+  const std::uint64_t committed = load_acquire(entry.committed);
+  return {load_relaxed(entry.claimed), committed};
 }
 
 SegmentReader::LaneHeads SegmentReader::lane_heads() const {

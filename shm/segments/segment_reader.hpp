@@ -79,6 +79,13 @@ class SegmentReader {
   const CounterArray& counters(std::uint32_t handle) const { return counters_[handle]; }
   const GaugeArray& gauges(std::uint32_t handle) const { return gauges_[handle]; }
   const std::vector<std::string>& counter_names() const { return counter_names_; }
+  // What the client claimed and committed against label set `handle`'s allowance, read now (committed first,
+  // acquire: the counter it was added to is then visible); zeros out of range. The client's own bookkeeping: the
+  // agent meters usage from the counters, and uses these only to see how much of a grant is still held.
+  format::BudgetEntry budget_entry(std::uint32_t handle) const;
+  // `committed` of that entry as the last read of the totals loaded it, just before that label set's counters: every
+  // commit it holds is in those counters. What lets the agent count a grant as spent only once its usage is counted.
+  std::uint64_t committed(std::uint32_t handle) const { return committed_[handle]; }
   std::uint64_t dropped() const { return dropped_; }
   std::uint64_t torn() const { return torn_; }  // records whose commit word did not match: skipped, never read
 
@@ -98,6 +105,7 @@ class SegmentReader {
   std::uint32_t label_capacity_ = 0, slot_count_ = 0, lane_mask_ = 0;
   std::vector<LabelSet> labels_{LabelSet{}};
   std::vector<CounterArray> counters_{CounterArray{}};
+  std::vector<std::uint64_t> committed_{0};
   std::vector<GaugeArray> gauges_{GaugeArray{}};
   std::vector<std::string> counter_names_;
   std::vector<std::uint64_t> tails_;  // our own copy per lane: the client could scribble on the shared one

@@ -21,7 +21,7 @@ TOKENS_IN, TOKENS_OUT, CACHED_TOKENS, REQUESTS, ERRORS, GPU_TIME_NS, TOOL_CALLS 
 USER_COUNTER_0 = 8
 COUNTER_INVALID = 0xFFFF
 KV_CACHE_BYTES, CONTEXT_TOKENS = 0, 1
-ALLOW, THROTTLE, DENY = 0, 1, 2
+ALLOW, THROTTLE, DENY, DEGRADE = 0, 1, 2, 3
 REASON_NONE, REASON_NO_AGENT, REASON_LABELS_REFUSED, REASON_BUDGET, REASON_POLICY = range(5)
 
 
@@ -53,6 +53,9 @@ def _load():
     lib.tally_record.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.POINTER(_Request)]
     lib.tally_admit.restype = _Admission
     lib.tally_admit.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+    lib.tally_reserve.restype = ctypes.c_int
+    lib.tally_reserve.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint64]
+    lib.tally_commit.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64]
     lib.tally_attached.restype = ctypes.c_int
     lib.tally_attached.argtypes = [ctypes.c_void_p]
     lib.tally_dropped.restype = ctypes.c_uint64
@@ -103,9 +106,21 @@ class Client:
         _lib.tally_record(self._client, labels, ctypes.byref(request))
 
     def admit(self, labels: int):
-        """(decision, reason): ALLOW, THROTTLE or DENY as the agent decided for this label set."""
+        """(decision, reason): ALLOW, THROTTLE, DENY or DEGRADE as the agent decided for this label set. The
+        tally_reason is reason & 0xFF; for DEGRADE, (reason >> 8) & 0xFFFF is the largest max_tokens a request
+        should ask for (0: no cap)."""
         a = _lib.tally_admit(self._client, labels)
         return a.decision, a.reason
+
+    def reserve(self, labels: int, counter: int, amount: int) -> bool:
+        """Before the work: holds `amount` of the label set's allowance for `counter`. False when refused (the
+        budget is spent for now); True when granted, or when no budget governs it or no agent is attached."""
+        return _lib.tally_reserve(self._client, labels, counter, amount) != 0
+
+    def commit(self, labels: int, counter: int, reserved: int, used: int):
+        """After the work: adds `used` to the counter (do not add it again) and gives back what was reserved and
+        not used. Once per granted reserve, with its amount."""
+        _lib.tally_commit(self._client, labels, counter, reserved, used)
 
     @property
     def attached(self) -> bool:

@@ -14,8 +14,11 @@ int main(void) {
   tally_set(client, handle, TALLY_CONTEXT_TOKENS, 4096);
   tally_record(client, handle, &request);
   const tally_admission admission = tally_admit(client, handle);
+  const int reserved = tally_reserve(client, handle, TALLY_TOKENS_OUT, 100);
+  tally_commit(client, handle, TALLY_TOKENS_OUT, 100, 20);
   const int ok = handle != 0 && widgets != TALLY_COUNTER_INVALID && admission.decision == TALLY_ALLOW &&
-                 tally_attached(client) == 0;
+                 TALLY_REASON_CODE(admission.reason) == TALLY_REASON_NO_AGENT &&
+                 TALLY_DEGRADE_MAX_TOKENS(admission.reason) == 0 && reserved == 1 && tally_attached(client) == 0;
   tally_close(client);
   if (!ok) {
     fprintf(stderr, "unexpected result\n");

@@ -1,7 +1,8 @@
 // The hot path makes no system call and reads no clock, in any state: a thread installs a seccomp filter on itself
 // (no TSYNC: the client's background thread and the in-process agent are not filtered) that kills the whole
-// process on ANY system call, then calls tally_add/tally_set/tally_record/tally_admit millions of times with no
-// agent, while an agent appears, and attached, and parks. The process surviving is the proof; main then checks
+// process on ANY system call, then calls tally_add/tally_set/tally_record/tally_admit/tally_reserve/tally_commit
+// millions of times with no agent, while an agent appears, and attached (with an allowance governing the reserves),
+// and parks. The process surviving is the proof; main then checks
 // that every call counted exactly. vDSO clock reads do not trap, so clock_gettime is interposed below and counts
 // the filtered thread's calls. Its own executable: the parked thread spins until the process exits.
 #include <linux/filter.h>
@@ -21,6 +22,7 @@
 #include <optional>
 #include <thread>
 
+#include "shm/segments/segment_file.hpp"
 #include "tally/client.h"
 #include "tests/shm/client/segment_probe.hpp"
 #include "tests/support/deadline.hpp"
@@ -112,6 +114,7 @@ TEST(NoSystemCall, HotPathWithNoAgentAnAgentAppearingAndAttached) {
       r.tokens_out = 2;
       tally_record(client, h, &r);
       static_cast<void>(tally_admit(client, h));
+      if (tally_reserve(client, h, TALLY_GPU_TIME_NS, 8) != 0) tally_commit(client, h, TALLY_GPU_TIME_NS, 8, 5);
     };
     std::uint64_t i = 0;
     once(i++);  // the warm-up: a thread's first call may make its one system call (its tid)
@@ -133,23 +136,36 @@ TEST(NoSystemCall, HotPathWithNoAgentAnAgentAppearingAndAttached) {
   ASSERT_TRUE(wait_until([&] { return phase.load() >= appearing; }, 120s));
   InProcessAgent agent({}, socket);
   ASSERT_TRUE(wait_until([&] { return tally_attached(client) != 0; })) << tally_last_error(client);
+  // The agent grants more than the run can spend: the attached phase takes the governed path (CAS loops) throughout.
+  const auto registration = agent.wait_for_registrations(1).at(0);
+  auto control = shm::MappedFile::open(registration.control_path, sizeof(shm::format::ControlHeader), 1u << 30);
+  ASSERT_TRUE(control) << control.error().message;
+  shm::set_allowance(*control, h, shm::format::allowance_word(TALLY_GPU_TIME_NS, shm::format::kAllowanceAmountMask));
   go_on = attached;
   ASSERT_TRUE(wait_until([&] { return phase.load() == parked; }, 120s));
 
   // Alive: no system call. No clock read either. And every call counted, through all three states.
   EXPECT_EQ(clock_reads_seen.load(), 0u);
   const std::uint64_t n = calls.load();
-  SegmentProbe probe(agent.wait_for_registrations(1).at(0));
+  SegmentProbe probe(registration);
   // The background thread hands over the calls that saw "not attached" just as it attached, at its next round.
   wait_until([&] {
     probe.drain();
     return probe.total(h, TALLY_TOKENS_IN) == n && probe.total(h, widgets) == 3 * n &&
-           probe.total(h, TALLY_REQUESTS) == n && probe.events.size() + probe.reader->dropped() == n;
+           probe.total(h, TALLY_REQUESTS) == n && probe.total(h, TALLY_GPU_TIME_NS) == 5 * n &&
+           probe.events.size() + probe.reader->dropped() == n;
   });
   EXPECT_EQ(probe.total(h, TALLY_TOKENS_IN), n);
   EXPECT_EQ(probe.total(h, widgets), 3 * n);
   EXPECT_EQ(probe.total(h, TALLY_TOKENS_OUT), 2 * n);
   EXPECT_EQ(probe.total(h, TALLY_REQUESTS), n);
+  EXPECT_EQ(probe.total(h, TALLY_GPU_TIME_NS), 5 * n);  // every reserve granted, every commit counted
+  const shm::format::BudgetEntry budget = probe.reader->budget_entry(h);
+  EXPECT_GE(budget.committed, 5 * kPerPhase);
+  // 8 reserved, 5 used: the 3 went back each time. The one reservation taken just before the grant appeared claimed
+  // nothing, so its commit released what it could (down to 0), and `committed` may lead by its 5.
+  EXPECT_LE(budget.claimed, budget.committed);
+  EXPECT_LE(budget.committed - budget.claimed, 5u);
   EXPECT_EQ(probe.reader->gauges(h)[TALLY_KV_CACHE_BYTES], n - 1);
   EXPECT_EQ(probe.events.size() + probe.reader->dropped(), n);
   ::unsetenv("TALLY_SOCKET");

@@ -42,6 +42,13 @@ class Client {
   void set(std::uint32_t labels, tally_gauge gauge, std::uint64_t value) { tally_set(client_, labels, gauge, value); }
   void record(std::uint32_t labels, const tally_request& request) { tally_record(client_, labels, &request); }
   tally_admission admit(std::uint32_t labels) { return tally_admit(client_, labels); }
+  // Allowances: reserve before the work (false: refused, the budget is spent for now), commit what it cost after.
+  bool reserve(std::uint32_t labels, tally_counter counter, std::uint64_t amount) {
+    return tally_reserve(client_, labels, counter, amount) != 0;
+  }
+  void commit(std::uint32_t labels, tally_counter counter, std::uint64_t reserved, std::uint64_t used) {
+    tally_commit(client_, labels, counter, reserved, used);
+  }
 
   bool attached() { return tally_attached(client_) != 0; }
   std::uint64_t dropped() { return tally_dropped(client_); }
