@@ -210,23 +210,30 @@ std::vector<BudgetEvent> BudgetEngine::update(const ledger::Ledger& ledger, Seco
 }
 
 void BudgetEngine::add_event(std::vector<BudgetEvent>& events, const State& state, const Crossing& crossing) {
-  BudgetEvent event;
+  BudgetEvent::Kind kind = BudgetEvent::Kind::soft_reached;
   switch (crossing.kind) {
-    case Crossing::Kind::soft_reached: event.kind = BudgetEvent::Kind::soft_reached; break;
-    case Crossing::Kind::hard_reached: event.kind = BudgetEvent::Kind::hard_reached; break;
-    case Crossing::Kind::lifted: event.kind = BudgetEvent::Kind::lifted; break;
+    case Crossing::Kind::soft_reached: kind = BudgetEvent::Kind::soft_reached; break;
+    case Crossing::Kind::hard_reached: kind = BudgetEvent::Kind::hard_reached; break;
+    case Crossing::Kind::lifted: kind = BudgetEvent::Kind::lifted; break;
   }
+  events.push_back(event_of(state, kind, crossing.used, crossing.limit, crossing.window));
+}
+
+BudgetEvent BudgetEngine::event_of(const State& state, BudgetEvent::Kind kind, std::uint64_t used, std::uint64_t limit,
+                                   const CalendarWindow& window) {
   const Budget& b = state.budget;
+  BudgetEvent event;
+  event.kind = kind;
   event.budget = b.name;
   event.selector = to_string(b.select);
   event.resource = b.resource.name;
   event.window_spec = to_string(b.window);
-  event.action = event.kind == BudgetEvent::Kind::soft_reached ? Action::notify : b.action;
-  event.used = crossing.used;
-  event.limit = crossing.limit;
-  if (b.hard && crossing.used > *b.hard) event.overshoot = crossing.used - *b.hard;
-  event.window = crossing.window;
-  events.push_back(std::move(event));
+  event.action = kind == BudgetEvent::Kind::soft_reached ? Action::notify : b.action;
+  event.used = used;
+  event.limit = limit;
+  if (b.hard && used > *b.hard) event.overshoot = used - *b.hard;
+  event.window = window;
+  return event;
 }
 
 void BudgetEngine::save(ledger::Ledger& ledger) const {
@@ -313,17 +320,8 @@ Result<std::vector<BudgetEvent>> BudgetEngine::release(const ledger::Ledger& led
     });
     if (!selects) continue;
     if (!state.released.insert(std::string(workload)).second) continue;
-    BudgetEvent event;
-    event.kind = BudgetEvent::Kind::released;
-    event.budget = state.budget.name;
-    event.selector = to_string(state.budget.select);
-    event.resource = state.budget.resource.name;
-    event.window_spec = to_string(state.budget.window);
-    event.action = state.budget.action;
-    event.used = state.usage->used(now);
-    event.limit = state.budget.hard.value_or(0);
-    if (event.used > event.limit) event.overshoot = event.used - event.limit;
-    event.window = state.usage->window_at(now);
+    BudgetEvent event = event_of(state, BudgetEvent::Kind::released, state.usage->used(now),
+                                 state.budget.hard.value_or(0), state.usage->window_at(now));
     event.workload = std::string(workload);
     events.push_back(std::move(event));
   }

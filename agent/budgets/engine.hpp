@@ -101,6 +101,9 @@ class BudgetEngine {
   };
   bool counts(std::size_t index, const ledger::Ledger& ledger, ledger::CounterId counter);
   void add_event(std::vector<BudgetEvent>& events, const State& state, const Crossing& crossing);
+  // An event about `state`'s budget: the one place its fields are filled (overshoot: usage past the hard limit).
+  static BudgetEvent event_of(const State& state, BudgetEvent::Kind kind, std::uint64_t used, std::uint64_t limit,
+                              const CalendarWindow& window);
   bool in_force(const State& state, const ledger::LabelSet& label_set) const;
   Seen& seen(const ledger::LabelSet& label_set);
 
