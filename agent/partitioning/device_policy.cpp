@@ -334,17 +334,26 @@ Result<PolicyChange> DevicePolicy::install(const PolicyTables& tables, std::uint
     }
     return {};
   };
-  // Holders first, so that a workload never loses an open the new plan gives it; then the nodes; then what went.
+  // Holders first, widened to what they held and will hold, so that a workload never loses an open the new plan
+  // gives it, not even for an instant (a bit may name another node in the new plan; kOpenGrant leaves the
+  // assigned workloads' entries only once the open GPUs' nodes are unrestricted again); then the nodes; then the
+  // holders narrowed to the new tables, and what went.
   for (const auto& [id, grants] : tables.cgroups) {
-    if (auto it = now->cgroups.find(id); it != now->cgroups.end() && it->second == grants) continue;
-    TALLY_TRY(put(cgroups, &id, &grants, "tally_policy_cgroups"));
+    const auto it = now->cgroups.find(id);
+    if (it != now->cgroups.end() && it->second == grants) continue;
     ++change.cgroups;
+    const std::uint64_t widened = it == now->cgroups.end() ? grants : it->second | grants;
+    if (it != now->cgroups.end() && widened == it->second) continue;  // only narrowed: after the nodes
+    TALLY_TRY(put(cgroups, &id, &widened, "tally_policy_cgroups"));
   }
   for (const auto& [path, grants] : tables.paths) {
-    if (auto it = now->paths.find(path); it != now->paths.end() && it->second == grants) continue;
-    const tally_policy_path key = path_key(path);
-    TALLY_TRY(put(paths, &key, &grants, "tally_policy_paths"));
+    const auto it = now->paths.find(path);
+    if (it != now->paths.end() && it->second == grants) continue;
     ++change.paths;
+    const std::uint64_t widened = it == now->paths.end() ? grants : it->second | grants;
+    if (it != now->paths.end() && widened == it->second) continue;
+    const tally_policy_path key = path_key(path);
+    TALLY_TRY(put(paths, &key, &widened, "tally_policy_paths"));
   }
   for (const auto& [device, grants] : tables.devices) {
     if (auto it = now->devices.find(device); it != now->devices.end() && it->second == grants) continue;
@@ -357,6 +366,17 @@ Result<PolicyChange> DevicePolicy::install(const PolicyTables& tables, std::uint
     const tally_policy_device_key key{device.first, device.second};
     TALLY_TRY(drop(devices, &key, "tally_policy_devices"));
     ++change.devices;
+  }
+  for (const auto& [id, grants] : tables.cgroups) {
+    if (auto it = now->cgroups.find(id); it != now->cgroups.end() && (it->second | grants) != grants) {
+      TALLY_TRY(put(cgroups, &id, &grants, "tally_policy_cgroups"));
+    }
+  }
+  for (const auto& [path, grants] : tables.paths) {
+    if (auto it = now->paths.find(path); it != now->paths.end() && (it->second | grants) != grants) {
+      const tally_policy_path key = path_key(path);
+      TALLY_TRY(put(paths, &key, &grants, "tally_policy_paths"));
+    }
   }
   for (const auto& [id, grants] : now->cgroups) {
     if (tables.cgroups.contains(id)) continue;

@@ -69,7 +69,8 @@ class DevicePolicy {
   // The plan generation written by the last install() (adopted: the previous agent's).
   std::uint64_t generation() const;
 
-  // Makes the maps hold `tables`: adds and widens first, then narrows and removes, entry by entry.
+  // Makes the maps hold `tables`: adds and widens first (holders, then nodes), then narrows and removes, entry by
+  // entry, so that no open the new tables allow is denied on the way.
   Result<PolicyChange> install(const PolicyTables& tables, std::uint64_t generation);
   // What the maps hold now.
   Result<PolicyTables> installed() const;

@@ -118,9 +118,21 @@ struct Compiler {
           });
       if (!whole_granted && !every_slice_granted) devices.erase(key);
     }
+    if (!out.revoked.empty()) close_open_gpus();
     for (auto& [key, grants] : devices) grants |= kSystemGrant;
   }
 
+  // While a revocation is in force, a GPU's node that nothing restricts gets kOpenGrant, which every cgroup but a
+  // revoked workload's holds: there is no other way to keep one workload from a node open to all. Only the GPU's
+  // own nodes: nvidiactl, nvidia-uvm and free slices' capabilities stay as they are (they open no GPU without it).
+  // Restricted nodes keep their grants (a revoked workload's cgroups hold none of them).
+  void close_open_gpus() {
+    for (const GpuNodes& gpu : inventory.gpus) {
+      std::vector<DeviceNode> nodes = gpu.also;
+      if (gpu.node) nodes.push_back(*gpu.node);
+      for (const DeviceNode& node : nodes) out.tables.devices.try_emplace({node.major, node.minor}, kOpenGrant);
+    }
+  }
 };
 
 // The workload a cgroup path stands for in the plan: "cgroup:<path>" when an assignment names it so, else its
@@ -134,6 +146,42 @@ std::string workload_at(const PartitionPlan& plan, std::string_view path, const 
     return as_cgroup;
   }
   return identify_cgroup(path, rules).id;
+}
+
+// The revoked workload the cgroup at `path` belongs to, if any: named as "cgroup:<path>" or by its identity (the
+// same rules as assignments, so a cgroup cannot pass for another workload to escape a revocation, nor be made to).
+std::optional<std::string> revoked_at(const std::set<std::string>& revoked, std::string_view path,
+                                      const IdentityRules& rules) {
+  if (revoked.empty()) return std::nullopt;
+  if (std::string as_cgroup = fmt::format("cgroup:{}", path); revoked.contains(as_cgroup)) return as_cgroup;
+  if (std::string id = identify_cgroup(path, rules).id; revoked.contains(id)) return id;
+  return std::nullopt;
+}
+
+// What a cgroup's entry holds: the grants of its workload's assignments, with kOpenGrant while a revocation is in
+// force (so it keeps opening open GPUs); an explicit 0 for a revoked workload's (a revocation wins over an
+// assignment); nullopt when it needs no entry (it inherits its nearest ancestor's, in the end the root's).
+struct CgroupEntry {
+  std::string workload;
+  std::optional<std::uint64_t> grants;
+};
+
+CgroupEntry entry_at(const CompiledPolicy& policy, const PartitionPlan& plan, std::string_view path,
+                     const IdentityRules& rules) {
+  if (auto revoked = revoked_at(policy.revoked, path, rules)) return {*revoked, 0};
+  std::string workload = workload_at(plan, path, rules);
+  std::uint64_t grants = grants_of_workload(policy.grants, plan, workload);
+  if (grants == 0) return {std::move(workload), std::nullopt};
+  if (!policy.revoked.empty()) grants |= kOpenGrant;
+  return {std::move(workload), grants};
+}
+
+// What an awaited path of `workload` holds. Every workload awaited but a revoked one holds kOpenGrant while a
+// revocation is in force: one whose assignments were all refused must not lose the open GPUs by having an entry.
+std::uint64_t awaited_grants(const CompiledPolicy& policy, const PartitionPlan& plan, const std::string& workload) {
+  if (policy.revoked.contains(workload)) return 0;
+  const std::uint64_t grants = grants_of_workload(policy.grants, plan, workload);
+  return policy.revoked.empty() ? grants : grants | kOpenGrant;
 }
 
 }  // namespace
@@ -192,9 +240,10 @@ std::vector<std::string> foreseeable_paths(std::string_view workload, const Iden
 
 CompiledPolicy compile_policy(const PartitionPlan& plan, const GpuInventory& inventory,
                               const std::map<std::uint64_t, std::string>& cgroups, const IdentityRules& rules,
-                              const std::optional<CgroupRef>& own_cgroup) {
+                              const std::optional<CgroupRef>& own_cgroup, const std::set<std::string>& revoked) {
   Compiler compiler{plan, inventory, rules, {}, {}};
   CompiledPolicy& out = compiler.out;
+  out.revoked = revoked;
   for (const Assignment& assignment : plan.assignments) {
     for (const std::string& gpu : assignment.gpus) {
       if (auto bit = compiler.grant(gpu, assignment.origin)) out.grants[*bit].workloads.insert(assignment.workload);
@@ -204,23 +253,33 @@ CompiledPolicy compile_policy(const PartitionPlan& plan, const GpuInventory& inv
   if (out.tables.devices.empty()) return out;  // nothing restricted: no cgroup needs an entry
 
   for (const auto& [id, path] : cgroups) {
-    if (path == "/") continue;  // the root cannot hold grants: every cgroup would inherit them
-    const std::string workload = workload_at(plan, path, rules);
-    const std::uint64_t grants = grants_of_workload(out.grants, plan, workload);
-    if (grants == 0) continue;
-    out.tables.cgroups[id] = grants;
-    out.cgroups.push_back(CgroupGrant{path, id, workload, grants});
+    if (path == "/") {
+      // The root never holds a plan's grants (every cgroup would inherit them); while a revocation is in force it
+      // holds kOpenGrant, so that every cgroup without an entry of its own keeps opening the open GPUs.
+      if (!out.revoked.empty()) out.tables.cgroups[id] = kOpenGrant;
+      continue;
+    }
+    CgroupEntry entry = entry_at(out, plan, path, rules);
+    if (!entry.grants) continue;
+    out.tables.cgroups[id] = *entry.grants;
+    out.cgroups.push_back(CgroupGrant{path, id, std::move(entry.workload), *entry.grants});
   }
   if (own_cgroup && own_cgroup->path != "/") {
     out.tables.cgroups[own_cgroup->id] = kAllGrants;
     out.cgroups.push_back(CgroupGrant{own_cgroup->path, own_cgroup->id, "tallyd", kAllGrants});
+  } else if (own_cgroup && !out.revoked.empty()) {
+    out.tables.cgroups[own_cgroup->id] = kOpenGrant;  // the root, known by tallyd's own cgroup
   }
   std::set<std::string> workloads;
   for (const Assignment& assignment : plan.assignments) workloads.insert(assignment.workload);
   workloads.insert(plan.system_clients.begin(), plan.system_clients.end());
+  workloads.insert(out.revoked.begin(), out.revoked.end());
   for (const std::string& workload : workloads) {
+    for (const std::string& path : foreseeable_paths(workload, rules)) {
+      out.tables.paths[path] = awaited_grants(out, plan, workload);
+    }
+    if (out.revoked.contains(workload)) continue;  // opens nothing restricted
     const std::uint64_t grants = grants_of_workload(out.grants, plan, workload);
-    for (const std::string& path : foreseeable_paths(workload, rules)) out.tables.paths[path] = grants;
     if (grants == kAllGrants) continue;  // a system client opens everything: saying so per node is noise
     for (const auto& [device, device_grants] : out.tables.devices) {
       if ((device_grants & grants) == 0) continue;
@@ -234,10 +293,10 @@ CompiledPolicy compile_policy(const PartitionPlan& plan, const GpuInventory& inv
   return out;
 }
 
-std::uint64_t grants_for_path(const CompiledPolicy& policy, const PartitionPlan& plan, std::string_view path,
-                              const IdentityRules& rules) {
-  if (policy.tables.devices.empty() || path == "/") return 0;
-  return grants_of_workload(policy.grants, plan, workload_at(plan, path, rules));
+std::optional<std::uint64_t> grants_for_path(const CompiledPolicy& policy, const PartitionPlan& plan,
+                                             std::string_view path, const IdentityRules& rules) {
+  if (policy.tables.devices.empty() || path == "/") return std::nullopt;
+  return entry_at(policy, plan, path, rules).grants;
 }
 
 }  // namespace tally::partitioning

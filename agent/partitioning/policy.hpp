@@ -8,9 +8,16 @@
 // assignment names is open (default "open") or restricted to system clients (default "deny"); on a MIG GPU where
 // some slices stay open, the GPU's node stays open too and the assigned slices are closed by their capabilities.
 // System clients (and tallyd itself) hold every grant.
+//
+// Revocation (budgets' revoke-gpu): a revoked workload's cgroups hold an explicit 0, so they open no restricted
+// node. For that to include GPUs open to everyone, those GPUs' nodes become restricted to kOpenGrant while a
+// revocation is in force, and every cgroup that should keep opening them holds it: the root (so cgroups without an
+// entry inherit it), assigned workloads' cgroups, system clients (every grant). Without a revocation, open GPUs
+// have no entry at all, as before.
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -23,10 +30,12 @@
 namespace tally::partitioning {
 
 // Bit 63 is every restricted node's: held by system clients only, so that a node no workload is granted still
-// opens for them. Grants use bits 0..62.
+// opens for them. Bit 62 marks "a GPU open to every workload" while a revocation is in force (above): every cgroup
+// but a revoked workload's holds it. Grants of the plan use bits 0..61, hence at most 62 of them.
 inline constexpr std::uint64_t kSystemGrant = std::uint64_t{1} << 63;
+inline constexpr std::uint64_t kOpenGrant = std::uint64_t{1} << 62;
 inline constexpr std::uint64_t kAllGrants = ~std::uint64_t{0};
-inline constexpr unsigned kMaxGrants = 63;
+inline constexpr unsigned kMaxGrants = 62;
 
 // What the kernel program reads (tally_policy_abi.h), keyed as its maps are.
 struct PolicyTables {
@@ -46,17 +55,19 @@ struct Grant {
 struct CgroupGrant {
   std::string path;
   std::uint64_t id = 0;
-  std::string workload;  // the assignment or system client it matched
-  std::uint64_t grants = 0;
+  std::string workload;  // the assignment, system client or revoked workload it matched
+  std::uint64_t grants = 0;  // 0: a revoked workload's
 };
 
 struct CompiledPolicy {
   PolicyTables tables;
   std::vector<Grant> grants;
-  std::vector<CgroupGrant> cgroups;   // existing cgroups that hold grants
+  std::vector<CgroupGrant> cgroups;   // existing cgroups that hold grants (or a revoked workload's explicit 0)
   std::vector<std::string> problems;  // what the plan names that this node cannot honour (and was left out)
   // workload → the restricted device nodes it may open (for plan show and diff; system clients open them all).
+  // Nodes open to every workload (kOpenGrant) are not listed; a revoked workload opens nothing.
   std::map<std::string, std::set<std::string>> can_open;
+  std::set<std::string> revoked;  // workloads whose GPU access is withdrawn
 };
 
 // A cgroup v2 id and its path from the hierarchy root ("/a/b").
@@ -66,15 +77,18 @@ struct CgroupRef {
 };
 
 // Compiles `plan` for `inventory`, matching `cgroups` (every cgroup now) by identity under `rules`; `own_cgroup`
-// (tallyd's, unless it is the root) holds every grant.
+// (tallyd's, unless it is the root) holds every grant. `revoked`: workload ids (as assignments name them) whose GPU
+// access is withdrawn; a revocation wins over an assignment. Empty: the tables are the plan's alone.
 CompiledPolicy compile_policy(const PartitionPlan& plan, const GpuInventory& inventory,
                               const std::map<std::uint64_t, std::string>& cgroups, const IdentityRules& rules,
-                              const std::optional<CgroupRef>& own_cgroup = std::nullopt);
+                              const std::optional<CgroupRef>& own_cgroup = std::nullopt,
+                              const std::set<std::string>& revoked = {});
 
-// The grants a new cgroup at `path` gets under the plan (identity match), 0 if none: for cgroups whose path could
-// not be awaited.
-std::uint64_t grants_for_path(const CompiledPolicy& policy, const PartitionPlan& plan, std::string_view path,
-                              const IdentityRules& rules);
+// The entry a new cgroup at `path` gets under the compiled policy (identity match): its grants, an explicit 0 for
+// a revoked workload's, nullopt when it needs none (it inherits its parent's). For cgroups whose path could not be
+// awaited.
+std::optional<std::uint64_t> grants_for_path(const CompiledPolicy& policy, const PartitionPlan& plan,
+                                             std::string_view path, const IdentityRules& rules);
 
 // The cgroup paths at which a workload's cgroup will appear where that is foreseeable (cgroup:, system units, pods
 // under each kubepods root and QoS class, Slurm v2 jobs, containers), each checked against the identity rules.

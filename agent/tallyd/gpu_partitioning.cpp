@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <iterator>
 #include <set>
 
 #include <fmt/format.h>
@@ -55,7 +57,11 @@ Access access_of(const PolicyTables& tables,
                  const std::map<std::string, std::set<std::string>>& can_open,
                  const std::function<std::string(std::uint32_t, std::uint32_t)>& name) {
   Access access;
-  for (const auto& [device, grants] : tables.devices) access.restricted.insert(name(device.first, device.second));
+  for (const auto& [device, grants] : tables.devices) {
+    // A node restricted only to keep revoked workloads out stays open to every other: not "restricted" in words.
+    if ((grants & partitioning::kOpenGrant) != 0) continue;
+    access.restricted.insert(name(device.first, device.second));
+  }
   access.can_open = can_open;
   return access;
 }
@@ -124,12 +130,13 @@ void GpuPartitioning::audit(const v1::PartitionEvent& event, spdlog::level::leve
 }
 
 void GpuPartitioning::audit(v1::PartitionEvent::Kind kind, spdlog::level::level_enum level, std::string gpu,
-                            std::string detail) {
+                            std::string detail, std::string workload) {
   v1::PartitionEvent event;
   event.set_kind(kind);
   event.set_generation(generation_);
   event.set_gpu(std::move(gpu));
   event.set_detail(std::move(detail));
+  event.set_workload(std::move(workload));
   audit(event, level);
 }
 
@@ -149,7 +156,8 @@ GpuPartitioning::Compiled GpuPartitioning::compile(const PartitionPlan& plan) {
     const auto relative = std::filesystem::path(self->cgroup_path).relative_path();
     if (auto id = collectors::cgroup_id_of(options_.cgroup2_root / relative)) own = {{*id, self->cgroup_path}};
   }
-  compiled.policy = partitioning::compile_policy(plan, compiled.inventory, cgroup_paths_, options_.identity, own);
+  compiled.policy =
+      partitioning::compile_policy(plan, compiled.inventory, cgroup_paths_, options_.identity, own, revoked_);
   return compiled;
 }
 
@@ -256,8 +264,9 @@ json GpuPartitioning::apply(const PartitionPlan& plan) {
   const std::string pin_dir = policy_ ? plan_.pin_dir : plan.pin_dir;
   plan_ = plan;
   plan_.pin_dir = pin_dir;
+  planned_ = true;
   // Events and log lines of this apply carry the generation it makes; it stays the old one if nothing changes.
-  std::uint64_t previous = generation_;
+  const std::uint64_t previous = generation_;
   ++generation_;
   json report{{"mig", reconcile_geometry(plan_, /*dry_run=*/false)}};
   bool geometry_changed = false;
@@ -270,24 +279,41 @@ json GpuPartitioning::apply(const PartitionPlan& plan) {
     audit(v1::PartitionEvent::KIND_REFUSED, spdlog::level::warn, "", problem);
   }
   for (const auto& problem : compiled->inventory.problems) spdlog::warn("partitioning: {}", problem);
-  if (!policy_ && compiled->policy.tables.devices.empty() && !DevicePolicy::pinned(pin_dir)) {
+  const auto changed = bring_into_force(std::move(compiled), report, previous, geometry_changed);
+  if (changed && report["enforcing"] == true && (*changed || geometry_changed)) {
+    const std::string detail =
+        fmt::format("{} device nodes restricted, {} cgroups hold grants, {} cgroup paths awaited{}{}",
+                    in_force_->policy.tables.devices.size(), in_force_->policy.tables.cgroups.size(),
+                    in_force_->policy.tables.paths.size(), report["changes"].empty() ? "" : ": ",
+                    fmt::join(report["changes"].get<std::vector<std::string>>(), "; "));
+    audit(v1::PartitionEvent::KIND_APPLIED, spdlog::level::info, "", detail);
+  }
+  return report;
+}
+
+Result<bool> GpuPartitioning::bring_into_force(std::unique_ptr<Compiled> compiled, json& report,
+                                               std::uint64_t previous, bool geometry_changed) {
+  report["changes"] = json::array();
+  report["generation"] = generation_;
+  if (!policy_ && compiled->policy.tables.devices.empty() && !DevicePolicy::pinned(plan_.pin_dir)) {
     if (!geometry_changed) generation_ = previous;
     in_force_ = std::move(compiled);
     report["enforcing"] = false;
-    report["changes"] = json::array();
     report["generation"] = generation_;
     spdlog::info("partitioning: the plan restricts no GPU here: no device policy attached");
-    return report;
+    return false;
   }
-  if (auto started = ensure_policy(previous); !started) {
-    if (!geometry_changed) generation_ = previous;
-    const std::string reason = fmt::format("device policy not attached: {}", started.error().message);
+  auto refuse = [&](const std::string& reason) -> Error {
     audit(v1::PartitionEvent::KIND_REFUSED, spdlog::level::err, "", reason);
     report["refused"].push_back(reason);
+    return Error{ErrorCode::io, reason};
+  };
+  if (auto started = ensure_policy(previous); !started) {
+    if (!geometry_changed) generation_ = previous;
     report["enforcing"] = false;
-    report["changes"] = json::array();
+    report["generation"] = generation_;
     in_force_ = std::move(compiled);
-    return report;
+    return refuse(fmt::format("device policy not attached: {}", started.error().message));
   }
   auto name = [&](std::uint32_t major, std::uint32_t minor) { return compiled->node_name(major, minor); };
   Access before;
@@ -306,20 +332,42 @@ json GpuPartitioning::apply(const PartitionPlan& plan) {
   report["enforcing"] = true;
   report["generation"] = generation_;
   if (!change) {
-    const std::string reason = fmt::format("device policy not updated: {}", change.error().message);
-    audit(v1::PartitionEvent::KIND_REFUSED, spdlog::level::err, "", reason);
-    report["refused"].push_back(reason);
     in_force_.reset();  // what the maps hold is not known: the next apply compares with what is installed
-    return report;
+    return refuse(fmt::format("device policy not updated: {}", change.error().message));
   }
   in_force_ = std::move(compiled);
-  if (tables_changed || geometry_changed) {
-    const std::string detail =
-        fmt::format("{} device nodes restricted, {} cgroups hold grants, {} cgroup paths awaited{}{}",
-                    in_force_->policy.tables.devices.size(), in_force_->policy.tables.cgroups.size(),
-                    in_force_->policy.tables.paths.size(), report["changes"].empty() ? "" : ": ",
-                    fmt::join(report["changes"].get<std::vector<std::string>>(), "; "));
-    audit(v1::PartitionEvent::KIND_APPLIED, spdlog::level::info, "", detail);
+  return tables_changed;
+}
+
+Result<json> GpuPartitioning::set_revoked(std::set<std::string> workloads) {
+  std::vector<std::string> revoking, restoring;
+  std::set_difference(workloads.begin(), workloads.end(), revoked_.begin(), revoked_.end(),
+                      std::back_inserter(revoking));
+  std::set_difference(revoked_.begin(), revoked_.end(), workloads.begin(), workloads.end(),
+                      std::back_inserter(restoring));
+  revoked_ = std::move(workloads);
+  json report{{"revoked", revoked_}, {"changes", json::array()}, {"refused", json::array()},
+              {"generation", generation_}, {"enforcing", policy_ != nullptr}};
+  if (revoking.empty() && restoring.empty()) return report;
+  if (planned_) {
+    const std::uint64_t previous = generation_;
+    ++generation_;
+    if (auto changed = bring_into_force(std::make_unique<Compiled>(compile(plan_)), report, previous, false);
+        !changed) {
+      return changed.error();
+    }
+  }
+  // Said per workload, with the generation that brought it into force: what budgets decided, and what it means.
+  for (const std::string& workload : revoking) {
+    audit(v1::PartitionEvent::KIND_APPLIED, spdlog::level::warn, "",
+          fmt::format("GPU access revoked from {}: new opens of GPU device nodes by its cgroups fail (EPERM); "
+                      "files it has open stay open",
+                      workload),
+          workload);
+  }
+  for (const std::string& workload : restoring) {
+    audit(v1::PartitionEvent::KIND_APPLIED, spdlog::level::info, "",
+          fmt::format("GPU access restored to {}", workload), workload);
   }
   return report;
 }
@@ -376,6 +424,7 @@ json GpuPartitioning::show() {
            {"gpus", std::move(gpus)},
            {"assignments", std::move(assignments)},
            {"system_clients", plan_.system_clients},
+           {"revoked", revoked_},
            {"problems", inventory.problems},
            {"can_open", json::object()},
            {"cgroups", json::array()},
@@ -484,8 +533,11 @@ void GpuPartitioning::on_events() {
         std::uint64_t grants = raw.count;
         if (raw.type == partitioning::PolicyEvent::Type::mkdir) {
           if (!in_force_) return;
-          grants = partitioning::grants_for_path(in_force_->policy, plan_, raw.path, options_.identity);
-          if (grants == 0) return;
+          // An explicit 0 (a revoked workload's new cgroup) is written too: without an entry it would inherit the
+          // root's kOpenGrant.
+          const auto entry = partitioning::grants_for_path(in_force_->policy, plan_, raw.path, options_.identity);
+          if (!entry) return;
+          grants = *entry;
           if (auto granted = policy_->grant(raw.cgroup_id, grants); !granted) {
             spdlog::error("partitioning: new cgroup {} not given its grants: {}", raw.path, granted.error().message);
             return;
@@ -495,7 +547,11 @@ void GpuPartitioning::on_events() {
         event.set_kind(v1::PartitionEvent::KIND_COVERED);
         event.set_workload(identify_cgroup(raw.path, options_.identity).id);
         event.set_cgroup(raw.path);
-        event.set_detail(in_force_ ? fmt::format("{}", fmt::join(in_force_->targets(grants), ", ")) : "");
+        if (grants == 0) {
+          event.set_detail("GPU access revoked");
+        } else if (in_force_) {
+          event.set_detail(fmt::format("{}", fmt::join(in_force_->targets(grants), ", ")));
+        }
         audit(event, spdlog::level::info);
         return;
       }
@@ -521,7 +577,8 @@ void GpuPartitioning::resync() {
   for (const auto& cgroup : in_force_->policy.cgroups) {
     if (cgroup.workload == "tallyd") own = {{cgroup.id, cgroup.path}};
   }
-  compiled->policy = partitioning::compile_policy(plan_, compiled->inventory, cgroup_paths_, options_.identity, own);
+  compiled->policy =
+      partitioning::compile_policy(plan_, compiled->inventory, cgroup_paths_, options_.identity, own, revoked_);
   if (auto change = policy_->install(compiled->policy.tables, generation_); !change) {
     spdlog::error("partitioning: generation {}: cgroups not matched again: {}", generation_, change.error().message);
     return;

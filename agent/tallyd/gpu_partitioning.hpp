@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -50,6 +51,14 @@ class GpuPartitioning {
   nlohmann::json show();
   // Detaches the policy and removes its pins (`tallyctl plan clear`); the next apply attaches it again.
   nlohmann::json clear();
+  // Budgets' revoke-gpu: from now on the GPU access of `workloads` (ids as on the feed, or "cgroup:/path") is
+  // withdrawn, and that of the workloads revoked before but absent here restored. The plan in force is compiled
+  // again with them and installed (the policy attached if the plan alone needed none); new opens of any GPU's node
+  // by their cgroups fail with EPERM, files already open stay open. Each revocation and restoration is audited
+  // (KIND_APPLIED, the workload named). apply() keeps the set in force. Before the first apply() the set is kept
+  // and brought into force by it. The error: the policy could not be attached or updated (also audited).
+  Result<nlohmann::json> set_revoked(std::set<std::string> workloads);
+  const std::set<std::string>& revoked() const { return revoked_; }
   // The agent stops: on_stop = "release" detaches; "keep" leaves the pinned policy in force.
   void stop();
 
@@ -66,6 +75,11 @@ class GpuPartitioning {
  private:
   struct Compiled;
   Result<void> ensure_policy(std::uint64_t& previous);
+  // Brings the device policy to `compiled` (attached where it restricts something), saying in `report` what
+  // changed; `previous` is the generation before this change, kept when nothing changed. Whether the tables
+  // changed, or the error (audited, and in report["refused"]).
+  Result<bool> bring_into_force(std::unique_ptr<Compiled> compiled, nlohmann::json& report, std::uint64_t previous,
+                                bool geometry_changed);
   Compiled compile(const partitioning::PartitionPlan& plan);
   nlohmann::json reconcile_geometry(const partitioning::PartitionPlan& plan, bool dry_run);
   // Why the instances `steps` would destroy on `gpu` must stay: processes holding their capabilities open.
@@ -73,7 +87,8 @@ class GpuPartitioning {
                                           const std::vector<collectors::MigStep>& steps) const;
   // A decision: on the feed and in the journal (partition_audit.hpp).
   void audit(const v1::PartitionEvent& event, spdlog::level::level_enum level);
-  void audit(v1::PartitionEvent::Kind kind, spdlog::level::level_enum level, std::string gpu, std::string detail);
+  void audit(v1::PartitionEvent::Kind kind, spdlog::level::level_enum level, std::string gpu, std::string detail,
+             std::string workload = {});
   std::string workload_of(std::uint64_t cgroup_id);
   void list_cgroups();
 
@@ -84,6 +99,8 @@ class GpuPartitioning {
   std::unique_ptr<partitioning::DevicePolicy> policy_;
   std::unique_ptr<Compiled> in_force_;
   partitioning::PartitionPlan plan_;
+  bool planned_ = false;            // apply() ran: plan_ is the plan in force
+  std::set<std::string> revoked_;   // workloads whose GPU access is withdrawn (set_revoked)
   std::map<std::uint64_t, std::string> cgroup_paths_;  // id → path: the last walk, and every mkdir seen since
   std::size_t listed_size_ = 0;
   std::chrono::steady_clock::time_point last_listed_{};

@@ -134,8 +134,122 @@ TEST(CompilePolicy, ANewCgroupGetsTheGrantsOfItsIdentity) {
                             "kubepods-burstable-pod0a1b2c3d_0000_4000_8000_00000000abcd.slice",
                             {}),
             bit(0));
-  EXPECT_EQ(grants_for_path(policy, plan, "/user.slice/user-1000.slice/user@1000.service/kubepods/pod0a1b2c3d-0000-4000-8000-00000000abcd", {}), 0u)
-      << "a spoof below a user's delegated cgroup is not the pod";
+  EXPECT_EQ(grants_for_path(policy, plan, "/user.slice/user-1000.slice/user@1000.service/kubepods/pod0a1b2c3d-0000-4000-8000-00000000abcd", {}), std::nullopt)
+      << "a spoof below a user's delegated cgroup is not the pod: no entry";
+}
+
+// Revocation (budgets' revoke-gpu). GPU 0 is assigned, GPU 1 (MIG, no slice assigned) is open to every workload.
+const std::set<std::string> kTrainerRevoked{"systemd:trainer.service"};
+
+TEST(CompilePolicyRevoked, ARevokedWorkloadHoldsAnExplicitZeroAndTheOpenGpuIsClosedToItOnly) {
+  const auto plan = plan_with({{"systemd:inference.service", {"0"}, "t:1"}});
+  const auto policy = compile_policy(plan, two_gpus(), kCgroups, {}, std::nullopt, kTrainerRevoked);
+  EXPECT_EQ(policy.tables.devices, (std::map<std::pair<std::uint32_t, std::uint32_t>, std::uint64_t>{
+                                       {{kNvidiaMajor, 0}, bit(0) | kSystemGrant},
+                                       {{kNvidiaMajor, 1}, kOpenGrant | kSystemGrant}}))
+      << "the open GPU's node gets kOpenGrant; the assigned one keeps its grants; free slices' capabilities stay open";
+  EXPECT_EQ(policy.tables.cgroups.at(13), 0u) << "the revoked unit: an explicit 0";
+  EXPECT_EQ(policy.tables.cgroups.at(1), kOpenGrant) << "the root: every cgroup without an entry keeps open GPUs";
+  EXPECT_EQ(policy.tables.cgroups.at(11), bit(0) | kOpenGrant) << "an assigned workload keeps the open GPUs too";
+  EXPECT_EQ(policy.tables.cgroups.at(12), bit(0) | kOpenGrant);
+  EXPECT_EQ(policy.tables.cgroups.at(14), kAllGrants) << "a system client";
+  EXPECT_FALSE(policy.tables.cgroups.contains(16)) << "unassigned: inherits the root's kOpenGrant";
+  EXPECT_EQ(policy.tables.paths.at("/system.slice/trainer.service"), 0u) << "awaited with 0";
+  EXPECT_EQ(policy.tables.paths.at("/system.slice/inference.service"), bit(0) | kOpenGrant);
+  EXPECT_EQ(policy.revoked, kTrainerRevoked);
+  EXPECT_EQ(policy.can_open.at("systemd:inference.service"), (std::set<std::string>{"/dev/nvidia0"}))
+      << "open GPUs are not listed as restricted nodes it may open";
+  EXPECT_FALSE(policy.can_open.contains("systemd:trainer.service"));
+  // A new cgroup of the revoked unit (its identity) gets an explicit 0; an unassigned one needs no entry.
+  EXPECT_EQ(grants_for_path(policy, plan, "/system.slice/trainer.service/step", {}), std::optional<std::uint64_t>(0));
+  EXPECT_EQ(grants_for_path(policy, plan, "/batch/job-b", {}), std::nullopt);
+  EXPECT_EQ(grants_for_path(policy, plan, "/system.slice/inference.service/w2", {}), bit(0) | kOpenGrant);
+}
+
+TEST(CompilePolicyRevoked, ARevocationWinsOverAnAssignment) {
+  const auto plan = plan_with({{"systemd:inference.service", {"0"}, "t:1"}, {"cgroup:/batch/job-a", {"1/mig/0"}, "t:2"}});
+  const auto policy = compile_policy(plan, two_gpus(), kCgroups, {}, std::nullopt,
+                                     {"systemd:inference.service", "cgroup:/batch/job-a"});
+  EXPECT_EQ(policy.tables.cgroups.at(11), 0u);
+  EXPECT_EQ(policy.tables.cgroups.at(12), 0u) << "the unit's child is the unit (identity)";
+  EXPECT_EQ(policy.tables.cgroups.at(16), 0u) << "revoked by its cgroup path";
+  EXPECT_EQ(policy.tables.paths.at("/system.slice/inference.service"), 0u);
+  EXPECT_EQ(policy.tables.paths.at("/batch/job-a"), 0u);
+  EXPECT_TRUE(policy.can_open.empty());
+  EXPECT_EQ(policy.tables.devices.at({kNvidiaMajor, 0}), bit(0) | kSystemGrant) << "still assigned, to nobody now";
+  // GPU 1's node stays open (slice 1 is nobody's) and so gets kOpenGrant; the assigned slice's capabilities keep
+  // their grant, the free slice's are not restricted.
+  EXPECT_EQ(policy.tables.devices.at({kNvidiaMajor, 1}), kOpenGrant | kSystemGrant);
+  EXPECT_EQ(policy.tables.devices.at({237, 12}), bit(1) | kSystemGrant);
+  EXPECT_FALSE(policy.tables.devices.contains({237, 21}));
+  const auto listed = std::find_if(policy.cgroups.begin(), policy.cgroups.end(), [](const CgroupGrant& c) { return c.id == 11; });
+  ASSERT_NE(listed, policy.cgroups.end());
+  EXPECT_EQ(listed->workload, "systemd:inference.service");
+  EXPECT_EQ(listed->grants, 0u);
+}
+
+TEST(CompilePolicyRevoked, DefaultDenyGpusGetNoOpenGrant) {
+  const auto policy = compile_policy(plan_with({{"systemd:inference.service", {"0"}, "t:1"}}, DefaultAccess::deny),
+                                     two_gpus(), kCgroups, {}, std::nullopt, kTrainerRevoked);
+  EXPECT_EQ(policy.tables.devices.at({kNvidiaMajor, 1}), kSystemGrant) << "closed to workloads already";
+  EXPECT_EQ(policy.tables.cgroups.at(13), 0u);
+}
+
+TEST(CompilePolicyRevoked, AmdGpusCloseTheirRenderAndCardNodesNotKfd) {
+  GpuInventory inventory;
+  GpuNodes amd;
+  amd.vendor = "amd";
+  amd.node = DeviceNode{226, 128, "/dev/dri/renderD128"};
+  amd.also = {DeviceNode{226, 1, "/dev/dri/card1"}};
+  inventory.gpus = {amd};
+  const auto policy = compile_policy(PartitionPlan{}, inventory, kCgroups, {}, std::nullopt, kTrainerRevoked);
+  EXPECT_EQ(policy.tables.devices, (std::map<std::pair<std::uint32_t, std::uint32_t>, std::uint64_t>{
+                                       {{226, 1}, kOpenGrant | kSystemGrant}, {{226, 128}, kOpenGrant | kSystemGrant}}))
+      << "a plan that restricts nothing still closes the GPUs to the revoked workload";
+  EXPECT_EQ(policy.tables.cgroups.at(13), 0u);
+  EXPECT_EQ(policy.tables.cgroups.at(1), kOpenGrant);
+}
+
+TEST(CompilePolicyRevoked, WithNothingRevokedTheTablesAreThePlansAlone) {
+  const std::vector<PartitionPlan> plans{
+      PartitionPlan{},
+      plan_with({{"systemd:inference.service", {"0"}, "t:1"}}),
+      plan_with({{"cgroup:/batch/job-a", {"1/mig/1"}, "t:1"}}),
+      plan_with({{"systemd:inference.service", {"0"}, "t:1"}}, DefaultAccess::deny),
+  };
+  for (const PartitionPlan& plan : plans) {
+    const auto plain = compile_policy(plan, two_gpus(), kCgroups, {});
+    const auto revoked = compile_policy(plan, two_gpus(), kCgroups, {}, std::nullopt, kTrainerRevoked);
+    const auto restored = compile_policy(plan, two_gpus(), kCgroups, {}, std::nullopt, {});
+    EXPECT_EQ(restored.tables, plain.tables);
+    EXPECT_NE(revoked.tables, plain.tables);
+    EXPECT_FALSE(plain.tables.cgroups.contains(1)) << "the root holds nothing";
+    for (const auto& [device, grants] : plain.tables.devices) EXPECT_EQ(grants & kOpenGrant, 0u);
+    for (const auto& [id, grants] : plain.tables.cgroups) {
+      if (grants != kAllGrants) {
+        EXPECT_EQ(grants & kOpenGrant, 0u);
+      }
+    }
+  }
+}
+
+TEST(CompilePolicy, AtMost62GrantsTheRestIsRefused) {
+  GpuInventory inventory;
+  PartitionPlan plan;
+  Assignment assignment{"systemd:inference.service", {}, "t:1"};
+  for (unsigned n = 0; n < 63; ++n) {
+    GpuNodes gpu;
+    gpu.index = n;
+    gpu.node = DeviceNode{kNvidiaMajor, n, "/dev/nvidia" + std::to_string(n)};
+    inventory.gpus.push_back(gpu);
+    assignment.gpus.push_back(std::to_string(n));
+  }
+  plan.assignments = {assignment};
+  const auto policy = compile_policy(plan, inventory, kCgroups, {});
+  EXPECT_EQ(policy.grants.size(), 62u);
+  ASSERT_EQ(policy.problems.size(), 1u);
+  EXPECT_NE(policy.problems[0].find("more than 62"), std::string::npos) << policy.problems[0];
+  EXPECT_EQ(policy.tables.cgroups.at(11) & kOpenGrant, 0u) << "bit 62 is never a plan's grant";
 }
 
 TEST(ForeseeablePaths, AreOnlyPathsTheIdentityRulesGiveThatWorkload) {
