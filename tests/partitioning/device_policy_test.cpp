@@ -276,5 +276,33 @@ TEST_F(DevicePolicyTest, InstallRemovesWhatTheNewTablesNoLongerHold) {
   EXPECT_FALSE(same->any());
 }
 
+// A holder whose grants narrow (here: a revocation's kOpenGrant leaving an assigned cgroup) ends with exactly the
+// new grants, written after the nodes changed: it never lacks, on the way, a grant for a node it still may open.
+TEST_F(DevicePolicyTest, InstallNarrowsHoldersToTheNewTables) {
+  auto policy = start();
+  ASSERT_TRUE(policy);
+  PolicyTables revoked = a_has_0_b_has_1();
+  revoked.devices[gpu(1)] = kOpenGrant | kSystemGrant;  // GPU 1 open to all but b
+  revoked.cgroups[id_of(a_)] = kGrant0 | kOpenGrant;
+  revoked.cgroups[id_of(b_)] = 0;
+  revoked.cgroups[id_of(parent_->path())] = kOpenGrant;
+  ASSERT_TRUE(policy->install(revoked, 1));
+  EXPECT_EQ(open_in(b_, 1), EPERM) << "an explicit 0";
+  EXPECT_EQ(open_in(a_, 1), ENXIO);
+  EXPECT_EQ(open_in(parent_->make_child("c"), 1), ENXIO) << "inherits its parent's kOpenGrant";
+  PolicyTables restored;
+  restored.devices[gpu(0)] = kGrant0 | kSystemGrant;
+  restored.cgroups[id_of(a_)] = kGrant0;
+  auto change = policy->install(restored, 2);
+  ASSERT_TRUE(change) << change.error().message;
+  EXPECT_EQ(change->cgroups, 3u) << "a narrowed, b and the parent removed";
+  auto installed = policy->installed();
+  ASSERT_TRUE(installed);
+  EXPECT_EQ(*installed, restored);
+  EXPECT_EQ(open_in(b_, 1), ENXIO);
+  EXPECT_EQ(open_in(a_, 0), ENXIO);
+  EXPECT_EQ(open_in(b_, 0), EPERM);
+}
+
 }  // namespace
 }  // namespace tally::partitioning
