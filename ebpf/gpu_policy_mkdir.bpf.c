@@ -22,6 +22,8 @@ int BPF_PROG(tally_gpu_policy_mkdir, struct cgroup___tally* cgroup, const char* 
   if (bpf_probe_read_kernel_str(key.path, sizeof key.path, path) < 0) return 0;
   const __u64 cgroup_id = cgroup->kn->id;
   const __u64* grants = bpf_map_lookup_elem(&tally_policy_paths, &key);
+  /* An awaited path's entry is written whatever it holds: 0 (a revoked workload's) denies what the cgroup would
+   * otherwise inherit, the root's access to GPUs open to every workload included. */
   if (grants) bpf_map_update_elem(&tally_policy_cgroups, &cgroup_id, grants, BPF_ANY);
 
   struct tally_policy_event* event = bpf_ringbuf_reserve(&tally_policy_events, sizeof *event, 0);
