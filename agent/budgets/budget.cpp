@@ -66,10 +66,9 @@ std::string_view to_string(Action action) {
 
 std::optional<std::string> unsupported(Action action) {
   switch (action) {
-    case Action::freeze:
-    case Action::revoke_gpu:
     case Action::preempt:
-      return fmt::format("action '{}' is not carried out by this tallyd yet (deny, throttle, degrade and notify are)",
+      return fmt::format("action '{}' is not carried out by this tallyd yet (deny, throttle, degrade, freeze, "
+                         "revoke-gpu and notify are)",
                          to_string(action));
     default: return std::nullopt;
   }

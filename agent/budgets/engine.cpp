@@ -54,6 +54,9 @@ std::string_view to_string(BudgetEvent::Kind kind) {
     case BudgetEvent::Kind::hard_reached: return "hard_reached";
     case BudgetEvent::Kind::lifted: return "lifted";
     case BudgetEvent::Kind::released: return "released";
+    case BudgetEvent::Kind::applied: return "applied";
+    case BudgetEvent::Kind::undone: return "undone";
+    case BudgetEvent::Kind::failed: return "failed";
   }
   return "lifted";
 }
@@ -273,6 +276,31 @@ void BudgetEngine::save(ledger::Ledger& ledger) const {
 
 bool BudgetEngine::in_force(const State& state, const ledger::LabelSet& label_set) const {
   return state.usage->hard_reached() && !state.released.contains(label_set.workload->identity.id);
+}
+
+std::map<std::string, std::string> BudgetEngine::workloads_under(Action action, const ledger::Ledger& ledger) {
+  std::map<std::string, std::string> out;
+  const bool any = std::any_of(states_.begin(), states_.end(), [&](const State& s) {
+    return s.budget.action == action && s.usage->hard_reached();
+  });
+  if (!any) return out;
+  for (const auto& [id, workload] : ledger.workloads()) {
+    for (const auto& [text, label_set] : workload->label_sets) {
+      for (std::size_t index : matching(*label_set)) {
+        const State& state = states_[index];
+        if (state.budget.action == action && in_force(state, *label_set)) out.emplace(id, state.budget.name);
+      }
+    }
+  }
+  return out;
+}
+
+std::optional<BudgetEvent> BudgetEngine::event_for(std::string_view name, BudgetEvent::Kind kind, Seconds now) {
+  for (State& state : states_) {
+    if (state.budget.name != name) continue;
+    return event_of(state, kind, state.usage->used(now), state.budget.hard.value_or(0), state.usage->window_at(now));
+  }
+  return std::nullopt;
 }
 
 Verdict BudgetEngine::verdict(const ledger::LabelSet& label_set) {

@@ -8,6 +8,7 @@
 // Runs on the agent's event loop. Time is given, never read (tests inject theirs).
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -26,14 +27,16 @@ namespace tally::budgets {
 
 // What a budget did, for the feed and the journal.
 struct BudgetEvent {
-  enum class Kind { soft_reached, hard_reached, lifted, released };
+  // applied, undone, failed: what the agent did to a workload's cgroup or GPU access (freeze, revoke-gpu).
+  enum class Kind { soft_reached, hard_reached, lifted, released, applied, undone, failed };
   Kind kind = Kind::soft_reached;
   std::string budget, selector, resource, window_spec;
   Action action = Action::notify;
   std::uint64_t used = 0, limit = 0;  // in counter units
   std::uint64_t overshoot = 0;        // usage past the hard limit (commits above their reservation, late counts)
   CalendarWindow window;
-  std::string workload;  // released: whose action was lifted
+  std::string workload;  // released: whose action was lifted; applied, undone, failed: whom it concerns
+  std::string detail;    // applied, undone, failed: how, or why not
 };
 std::string_view to_string(BudgetEvent::Kind kind);
 
@@ -69,6 +72,13 @@ class BudgetEngine {
 
   // What is in force for this label set: deny over degrade over throttle.
   Verdict verdict(const ledger::LabelSet& label_set);
+
+  // The workloads on which a budget with `action` is in force (it selects some label set of theirs, is over its
+  // hard limit, and no operator released them), each with the first such budget's name. What freeze and revoke-gpu
+  // act on: a whole workload, never one label set of it.
+  std::map<std::string, std::string> workloads_under(Action action, const ledger::Ledger& ledger);
+  // An event about budget `name` (its fields as now), e.g. an action carried out; nullopt if no such budget.
+  std::optional<BudgetEvent> event_for(std::string_view name, BudgetEvent::Kind kind, Seconds now);
 
   // The budgets (indexes) that select this label set.
   const std::vector<std::size_t>& matching(const ledger::LabelSet& label_set);

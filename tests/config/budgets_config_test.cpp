@@ -102,7 +102,7 @@ TEST(BudgetsConfig, BadBudgetsNameTheFileLineAndKey) {
     EXPECT_NE(error.find(c.expected), std::string::npos) << "got: " << error << "\nfor:\n" << c.text;
   }
   // Actions not carried out yet are refused, never silently ignored.
-  EXPECT_NE(parse_error(head + "hard = 5\naction = \"freeze\"\n").find("not carried out by this tallyd yet"),
+  EXPECT_NE(parse_error(head + "hard = 5\naction = \"preempt\"\n").find("not carried out by this tallyd yet"),
             std::string::npos);
   EXPECT_NE(parse_error(head + "hard = 5\naction = \"deny\"\n[[budgets]]\nname = \"b\"\nselect = {}\n"
                                   "resource = \"requests\"\nhard = 1\naction = \"deny\"\n")

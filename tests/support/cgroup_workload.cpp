@@ -21,6 +21,8 @@
 //   exec                    execs itself as "exit 7": the exec and the exit happen in this cgroup
 //   exit CODE               exits with CODE at once
 //   open PATH               open(PATH, O_RDWR); prints "open errno N"
+//   spin                    prints "spinning", then burns CPU until stdin closes (the freezer tests watch its CPU
+//                           time stop and start again)
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -295,6 +297,14 @@ int main(int argc, char** argv) {
     return fail("execv");
   } else if (mode == "exit" && argc == 3) {
     return std::atoi(argv[2]);
+  } else if (mode == "spin" && argc == 2) {
+    std::printf("spinning\n");
+    ::fcntl(STDIN_FILENO, F_SETFL, O_NONBLOCK);
+    char byte;
+    for (std::uint64_t n = 0;; ++n) {
+      if ((n & 0xFFFFF) == 0 && ::read(STDIN_FILENO, &byte, 1) == 0) return 0;  // EOF: stdin closed
+      asm volatile("" : : "r"(n) : "memory");  // every iteration is work the compiler must keep
+    }
   } else if (mode == "open" && argc == 3) {
     const int fd = ::open(argv[2], O_RDWR | O_CLOEXEC);
     std::printf("open errno %d\n", fd < 0 ? errno : 0);
