@@ -134,7 +134,11 @@ TEST(CompilePolicy, ANewCgroupGetsTheGrantsOfItsIdentity) {
                             "kubepods-burstable-pod0a1b2c3d_0000_4000_8000_00000000abcd.slice",
                             {}),
             bit(0));
-  EXPECT_EQ(grants_for_path(policy, plan, "/user.slice/user-1000.slice/user@1000.service/kubepods/pod0a1b2c3d-0000-4000-8000-00000000abcd", {}), std::nullopt)
+  EXPECT_EQ(grants_for_path(policy, plan,
+                            "/user.slice/user-1000.slice/user@1000.service/kubepods/"
+                            "pod0a1b2c3d-0000-4000-8000-00000000abcd",
+                            {}),
+            std::nullopt)
       << "a spoof below a user's delegated cgroup is not the pod: no entry";
 }
 
@@ -167,7 +171,8 @@ TEST(CompilePolicyRevoked, ARevokedWorkloadHoldsAnExplicitZeroAndTheOpenGpuIsClo
 }
 
 TEST(CompilePolicyRevoked, ARevocationWinsOverAnAssignment) {
-  const auto plan = plan_with({{"systemd:inference.service", {"0"}, "t:1"}, {"cgroup:/batch/job-a", {"1/mig/0"}, "t:2"}});
+  const auto plan =
+      plan_with({{"systemd:inference.service", {"0"}, "t:1"}, {"cgroup:/batch/job-a", {"1/mig/0"}, "t:2"}});
   const auto policy = compile_policy(plan, two_gpus(), kCgroups, {}, std::nullopt,
                                      {"systemd:inference.service", "cgroup:/batch/job-a"});
   EXPECT_EQ(policy.tables.cgroups.at(11), 0u);
@@ -182,7 +187,8 @@ TEST(CompilePolicyRevoked, ARevocationWinsOverAnAssignment) {
   EXPECT_EQ(policy.tables.devices.at({kNvidiaMajor, 1}), kOpenGrant | kSystemGrant);
   EXPECT_EQ(policy.tables.devices.at({237, 12}), bit(1) | kSystemGrant);
   EXPECT_FALSE(policy.tables.devices.contains({237, 21}));
-  const auto listed = std::find_if(policy.cgroups.begin(), policy.cgroups.end(), [](const CgroupGrant& c) { return c.id == 11; });
+  const auto listed =
+      std::find_if(policy.cgroups.begin(), policy.cgroups.end(), [](const CgroupGrant& c) { return c.id == 11; });
   ASSERT_NE(listed, policy.cgroups.end());
   EXPECT_EQ(listed->workload, "systemd:inference.service");
   EXPECT_EQ(listed->grants, 0u);

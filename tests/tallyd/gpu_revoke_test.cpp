@@ -65,7 +65,8 @@ class GpuRevokeTest : public ::testing::Test {
     options.nvml_library = FAKE_NVML_PATH;
     // System units below the test parent, so that a unit's cgroup can be made at a path the plan cannot foresee.
     options.identity.systemd_root = relative(parent_->path());
-    partitioning_ = std::make_unique<GpuPartitioning>(options, [&](const v1::PartitionEvent& e) { events_.push_back(e); });
+    partitioning_ =
+        std::make_unique<GpuPartitioning>(options, [&](const v1::PartitionEvent& e) { events_.push_back(e); });
     plan_.pin_dir = "";  // the policy goes with the object: nothing outlives the test
     plan_.assignments.push_back({"cgroup:" + relative(a_), {"0"}, "test:1"});
   }
@@ -87,7 +88,8 @@ class GpuRevokeTest : public ::testing::Test {
 
   // What an open of GPU n's node by a process in `cgroup` gives: 0 or an errno.
   int open_in(const std::filesystem::path& cgroup, unsigned n) const {
-    test::CgroupProcess process(cgroup, {TALLY_EBPF_WORKLOAD, "open", (dir_ / ("nvidia" + std::to_string(n))).string()});
+    const auto node = dir_ / ("nvidia" + std::to_string(n));
+    test::CgroupProcess process(cgroup, {TALLY_EBPF_WORKLOAD, "open", node.string()});
     const auto line = process.read_line(10s);
     EXPECT_TRUE(line) << "the workload said nothing";
     process.close_stdin();
