@@ -63,6 +63,15 @@ int print_budgets(const json& reply) {
     if (!released.empty()) {
       fmt::print("{:<24} released until the window ends: {}\n", "", fmt::join(released.get<std::vector<std::string>>(), ", "));
     }
+    for (const auto& [key, what] : {std::pair{"frozen", "frozen"}, std::pair{"gpu_revoked", "GPU access withdrawn"}}) {
+      const auto workloads = b.value(key, json::array());
+      if (!workloads.empty()) {
+        fmt::print("{:<24} {}: {}\n", "", what, fmt::join(workloads.get<std::vector<std::string>>(), ", "));
+      }
+    }
+    for (const auto& [workload, why] : b.value("failed", json::object()).items()) {
+      fmt::print("{:<24} could not act on {}: {}\n", "", workload, why.get<std::string>());
+    }
   }
   return 0;
 }

@@ -4,6 +4,7 @@
 
 #include <date/date.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "agent/base/logging.hpp"
@@ -17,6 +18,14 @@ namespace {
 
 namespace fmt_ns = shm::format;
 using budgets::BudgetEvent;
+
+// An action that failed is tried again this often (a workload's cgroup may appear, a device policy load); one
+// carried out is applied again as often, silently (a unit restarted into a new cgroup is frozen again).
+constexpr std::chrono::seconds kRetryInterval{10};
+constexpr std::chrono::seconds kReapplyInterval{5};
+// The ledger cursors that remember what this agent did to whole workloads: "action:freeze:<workload>".
+constexpr std::string_view kFrozenCursor = "action:freeze:";
+constexpr std::string_view kRevokedCursor = "action:revoke-gpu:";
 
 // A client may write anything into its own entries: what is read from them stays far from the word's bounds.
 constexpr std::uint64_t kClientValueBound = fmt_ns::kAllowanceAmountMask / 4;
@@ -41,6 +50,9 @@ v1::QuotaEvent to_proto(const BudgetEvent& e) {
     case BudgetEvent::Kind::hard_reached: out.set_kind(v1::QuotaEvent::KIND_HARD_REACHED); break;
     case BudgetEvent::Kind::lifted: out.set_kind(v1::QuotaEvent::KIND_LIFTED); break;
     case BudgetEvent::Kind::released: out.set_kind(v1::QuotaEvent::KIND_RELEASED); break;
+    case BudgetEvent::Kind::applied: out.set_kind(v1::QuotaEvent::KIND_APPLIED); break;
+    case BudgetEvent::Kind::undone: out.set_kind(v1::QuotaEvent::KIND_UNDONE); break;
+    case BudgetEvent::Kind::failed: out.set_kind(v1::QuotaEvent::KIND_FAILED); break;
   }
   out.set_budget(e.budget);
   out.set_selector(e.selector);
@@ -53,6 +65,7 @@ v1::QuotaEvent to_proto(const BudgetEvent& e) {
   out.set_window_start_unix_s(e.window.start.time_since_epoch().count());
   out.set_window_end_unix_s(e.window.end.time_since_epoch().count());
   out.set_workload(e.workload);
+  out.set_detail(e.detail);
   return out;
 }
 
@@ -69,6 +82,12 @@ std::string describe(const v1::QuotaEvent& e) {
     case v1::QuotaEvent::KIND_LIFTED: return fmt::format("{}: {} lifted: {}{}", head, e.action(), usage, overshoot);
     case v1::QuotaEvent::KIND_RELEASED:
       return fmt::format("{}: {} released for {} until the window ends: {}", head, e.action(), e.workload(), usage);
+    case v1::QuotaEvent::KIND_APPLIED:
+      return fmt::format("{}: {} carried out on {}: {}; {}", head, e.action(), e.workload(), e.detail(), usage);
+    case v1::QuotaEvent::KIND_UNDONE:
+      return fmt::format("{}: {} undone on {}: {}", head, e.action(), e.workload(), e.detail());
+    case v1::QuotaEvent::KIND_FAILED:
+      return fmt::format("{}: {} could not be carried out on {}: {}", head, e.action(), e.workload(), e.detail());
     default: return fmt::format("{}: {}", head, usage);
   }
 }
@@ -87,6 +106,7 @@ std::vector<std::string> journal_fields(const v1::QuotaEvent& e) {
       fmt::format("TALLY_WINDOW_START={}", e.window_start_unix_s()),
       fmt::format("TALLY_WINDOW_END={}", e.window_end_unix_s())};
   if (!e.workload().empty()) fields.push_back(fmt::format("TALLY_WORKLOAD={}", e.workload()));
+  if (!e.detail().empty()) fields.push_back(fmt::format("TALLY_DETAIL={}", e.detail()));
   return fields;
 }
 
@@ -106,22 +126,184 @@ bool BudgetEnforcement::governs_reservations() const {
 
 void BudgetEnforcement::start(budgets::Seconds now) {
   for (const auto& event : engine_.start(ledger_, now)) emit(event);
+  // What an earlier agent did to whole workloads: the first pass keeps what is still in force and undoes the rest.
+  const auto& cursors = ledger_.cursors();
+  for (auto [prefix, imposed] : {std::pair{kFrozenCursor, &frozen_}, std::pair{kRevokedCursor, &revoked_}}) {
+    for (auto it = cursors.lower_bound(std::string(prefix)); it != cursors.end() && it->first.starts_with(prefix); ++it) {
+      (*imposed)[it->first.substr(prefix.size())] = Imposed{"", true, {}, ""};
+    }
+  }
+  if (!frozen_.empty() || !revoked_.empty()) {
+    spdlog::info("budgets: {} workloads frozen and {} cut off from their GPUs by the agent before this one",
+                 frozen_.size(), revoked_.size());
+  }
   if (configured()) spdlog::info("budgets: {} in force", engine_.budgets().size());
 }
 
 void BudgetEnforcement::emit(const BudgetEvent& event) {
   const v1::QuotaEvent message = to_proto(event);
-  const bool acts = event.kind == BudgetEvent::Kind::hard_reached && event.action != budgets::Action::notify;
+  const bool acts = (event.kind == BudgetEvent::Kind::hard_reached && event.action != budgets::Action::notify) ||
+                    event.kind == BudgetEvent::Kind::applied || event.kind == BudgetEvent::Kind::failed;
   journal_entry(acts ? spdlog::level::warn : spdlog::level::info, describe(message), journal_fields(message));
   if (emit_) emit_(message);
 }
 
 void BudgetEnforcement::pass(const shm::MeteringSource* metering, const ClientUsage* clients, budgets::Seconds now) {
-  if (!configured() && !wrote_) return;
+  if (!configured() && !wrote_ && frozen_.empty() && revoked_.empty()) return;
   ++pass_;
   for (const auto& event : engine_.update(ledger_, now)) emit(event);
   if (metering != nullptr && clients != nullptr) write_segments(*metering, *clients, now);
+  act(now);
   wrote_ = configured();
+}
+
+void BudgetEnforcement::act(budgets::Seconds now) {
+  freeze(engine_.workloads_under(budgets::Action::freeze, ledger_), now);
+  revoke(engine_.workloads_under(budgets::Action::revoke_gpu, ledger_), now);
+}
+
+void BudgetEnforcement::report(BudgetEvent::Kind kind, budgets::Action action, const std::string& budget,
+                               const std::string& workload, const std::string& detail, budgets::Seconds now) {
+  // A budget removed since (or one of the agent before a restart) still names the action.
+  BudgetEvent event = engine_.event_for(budget, kind, now).value_or(BudgetEvent{});
+  event.kind = kind;
+  event.budget = budget;
+  event.action = action;
+  event.workload = workload;
+  event.detail = detail;
+  emit(event);
+}
+
+void BudgetEnforcement::freeze(const std::map<std::string, std::string>& wanted, budgets::Seconds now) {
+  using budgets::Action;
+  for (const auto& [workload, budget] : wanted) {
+    Imposed& imposed = frozen_[workload];
+    if (imposed.budget.empty()) imposed.budget = budget;
+    const auto since = now - imposed.tried;
+    if (imposed.tried != budgets::Seconds{} && since < (imposed.done ? kReapplyInterval : kRetryInterval)) continue;
+    const bool again = imposed.done;
+    imposed.tried = now;
+    auto frozen = actuators_.freezer != nullptr
+                      ? actuators_.freezer->freeze(workload)
+                      : Result<freezer::Outcome>(make_error(ErrorCode::unsupported, "no cgroup v2 freezer on this node"));
+    if (!frozen) {
+      if (imposed.failure != frozen.error().message) {
+        imposed.failure = frozen.error().message;
+        report(BudgetEvent::Kind::failed, Action::freeze, imposed.budget, workload, imposed.failure, now);
+      }
+      continue;
+    }
+    imposed.done = true;
+    imposed.failure.clear();
+    if (again) continue;  // applied again: the event was given the first time
+    std::string detail = fmt::format("frozen through {}: {}", frozen->via, fmt::join(frozen->cgroups, ", "));
+    if (!frozen->note.empty()) detail += fmt::format(" ({})", frozen->note);
+    report(BudgetEvent::Kind::applied, Action::freeze, imposed.budget, workload, detail, now);
+  }
+  for (auto it = frozen_.begin(); it != frozen_.end();) {
+    if (wanted.contains(it->first)) {
+      ++it;
+      continue;
+    }
+    Imposed& imposed = it->second;
+    if (!imposed.done) {  // never carried out: nothing to undo
+      it = frozen_.erase(it);
+      continue;
+    }
+    auto thawed = actuators_.freezer != nullptr
+                      ? actuators_.freezer->thaw(it->first)
+                      : Result<freezer::Outcome>(make_error(ErrorCode::unsupported, "no cgroup v2 freezer on this node"));
+    if (!thawed) {
+      if (imposed.failure != thawed.error().message) {
+        imposed.failure = thawed.error().message;
+        report(BudgetEvent::Kind::failed, Action::freeze, imposed.budget, it->first,
+               "cannot thaw: " + imposed.failure, now);
+      }
+      ++it;  // tried again at the next pass
+      continue;
+    }
+    report(BudgetEvent::Kind::undone, Action::freeze, imposed.budget, it->first,
+           thawed->cgroups.empty() ? "no cgroup left to thaw"
+                                   : fmt::format("thawed through {}: {}", thawed->via, fmt::join(thawed->cgroups, ", ")),
+           now);
+    it = frozen_.erase(it);
+  }
+}
+
+void BudgetEnforcement::revoke(const std::map<std::string, std::string>& wanted, budgets::Seconds now) {
+  using budgets::Action;
+  std::set<std::string> in_force;
+  for (const auto& [workload, imposed] : revoked_) {
+    if (imposed.done) in_force.insert(workload);
+  }
+  std::set<std::string> next;
+  for (const auto& entry : wanted) next.insert(entry.first);
+  if (next == in_force) return;
+  // Waiting out a failure, unless what is wanted changed since.
+  const bool changed = std::any_of(wanted.begin(), wanted.end(), [&](const auto& e) { return !revoked_.contains(e.first); }) ||
+                       std::any_of(revoked_.begin(), revoked_.end(), [&](const auto& e) { return !wanted.contains(e.first); });
+  const bool waiting = std::any_of(revoked_.begin(), revoked_.end(), [&](const auto& e) {
+    return !e.second.failure.empty() && now - e.second.tried < kRetryInterval;
+  });
+  if (waiting && !changed) return;
+  for (const auto& [workload, budget] : wanted) {
+    if (revoked_[workload].budget.empty()) revoked_[workload].budget = budget;
+  }
+  auto done = actuators_.revoke_gpu
+                  ? actuators_.revoke_gpu(next)
+                  : Result<void>(make_error(ErrorCode::unsupported, "no GPU device policy on this node"));
+  for (auto it = revoked_.begin(); it != revoked_.end();) {
+    Imposed& imposed = it->second;
+    const bool wanted_now = next.contains(it->first);
+    imposed.tried = now;
+    if (!done) {
+      if (imposed.failure != done.error().message) {
+        imposed.failure = done.error().message;
+        report(BudgetEvent::Kind::failed, Action::revoke_gpu, imposed.budget, it->first,
+               (wanted_now ? "" : "cannot give GPU access back: ") + imposed.failure, now);
+      }
+      ++it;
+      continue;
+    }
+    imposed.failure.clear();
+    if (wanted_now && !imposed.done) {
+      imposed.done = true;
+      report(BudgetEvent::Kind::applied, Action::revoke_gpu, imposed.budget, it->first,
+             "GPU access withdrawn: new opens of its GPUs fail; files already open stay open", now);
+    } else if (!wanted_now) {
+      if (imposed.done) {
+        report(BudgetEvent::Kind::undone, Action::revoke_gpu, imposed.budget, it->first, "GPU access given back", now);
+      }
+      it = revoked_.erase(it);
+      continue;
+    }
+    ++it;
+  }
+}
+
+void BudgetEnforcement::save() {
+  engine_.save(ledger_);
+  for (auto [prefix, imposed] : {std::pair{kFrozenCursor, &frozen_}, std::pair{kRevokedCursor, &revoked_}}) {
+    std::set<std::string> want, have;
+    for (const auto& [workload, entry] : *imposed) {
+      if (entry.done) want.insert(std::string(prefix) + workload);
+    }
+    const auto& cursors = ledger_.cursors();
+    for (auto it = cursors.lower_bound(std::string(prefix)); it != cursors.end() && it->first.starts_with(prefix); ++it) {
+      have.insert(it->first);
+    }
+    if (want == have) continue;
+    ledger_.erase_cursors(std::string(prefix));
+    for (const auto& key : want) ledger_.set_cursor(key, 1);
+  }
+}
+
+std::set<std::string> BudgetEnforcement::gpu_revoked() const {
+  std::set<std::string> out;
+  for (const auto& [workload, imposed] : revoked_) {
+    if (imposed.done) out.insert(workload);
+  }
+  return out;
 }
 
 void BudgetEnforcement::write_segments(const shm::MeteringSource& metering, const ClientUsage& clients,
@@ -249,7 +431,21 @@ void BudgetEnforcement::write_segments(const shm::MeteringSource& metering, cons
   }
 }
 
-nlohmann::json BudgetEnforcement::show(budgets::Seconds now) { return engine_.show(now); }
+nlohmann::json BudgetEnforcement::show(budgets::Seconds now) {
+  nlohmann::json shown = engine_.show(now);
+  // Beside each budget: the workloads its action was carried out on, and those where it failed (and why).
+  for (auto& entry : shown) {
+    const std::string name = entry["name"];
+    for (auto [key, imposed] : {std::pair{"frozen", &frozen_}, std::pair{"gpu_revoked", &revoked_}}) {
+      for (const auto& [workload, i] : *imposed) {
+        if (i.budget != name) continue;
+        if (i.done) entry[key].push_back(workload);
+        if (!i.failure.empty()) entry["failed"][workload] = i.failure;
+      }
+    }
+  }
+  return shown;
+}
 
 Result<void> BudgetEnforcement::release(const std::string& workload, const std::string& budget,
                                         budgets::Seconds now) {

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -15,6 +17,7 @@
 
 #include "agent/budgets/engine.hpp"
 #include "agent/config/config.hpp"
+#include "agent/freezer/freezer.hpp"
 #include "agent/ledger/ledger.hpp"
 #include "agent/tallyd/client_usage.hpp"
 #include "shm/segments/metering.hpp"
@@ -30,10 +33,19 @@ std::string describe(const v1::QuotaEvent& event);
 // TALLY_OVERSHOOT, TALLY_WINDOW, TALLY_WINDOW_START, TALLY_WINDOW_END and TALLY_WORKLOAD where it has one.
 std::vector<std::string> journal_fields(const v1::QuotaEvent& event);
 
+// What carries out the actions that reach past the clients' control files. Either may be absent: the action then
+// fails, audited, with the reason.
+struct Actuators {
+  freezer::Freezer* freezer = nullptr;  // freeze
+  // revoke-gpu: the workloads whose GPU access is withdrawn now (the whole set, each call); the error says why not.
+  std::function<Result<void>(const std::set<std::string>&)> revoke_gpu;
+};
+
 class BudgetEnforcement {
  public:
   using Emit = std::function<void(const v1::QuotaEvent&)>;
-  BudgetEnforcement(ledger::Ledger& ledger, Emit emit) : ledger_(ledger), emit_(std::move(emit)) {}
+  BudgetEnforcement(ledger::Ledger& ledger, Emit emit, Actuators actuators = {})
+      : ledger_(ledger), emit_(std::move(emit)), actuators_(std::move(actuators)) {}
 
   // Applies [quota] and [[budgets]] (at start and on reload), logging what changed. An unknown time zone is an
   // error and changes nothing.
@@ -42,8 +54,11 @@ class BudgetEnforcement {
   void start(budgets::Seconds now);
   // One pass: what the ledger counted since the last one, then decisions and allowances for every live segment.
   void pass(const shm::MeteringSource* metering, const ClientUsage* clients, budgets::Seconds now);
-  // Into the ledger's cursors, so that the next checkpoint holds the budgets with the totals they counted.
-  void save() { engine_.save(ledger_); }
+  // Into the ledger's cursors, so that the next checkpoint holds the budgets with the totals they counted, and the
+  // workloads this agent froze or cut off from their GPUs (a restarted agent undoes what is no longer in force).
+  void save();
+  // The workloads whose GPU access the budgets withdrew (as restored at start, then as in force).
+  std::set<std::string> gpu_revoked() const;
 
   bool configured() const { return !engine_.budgets().empty(); }
   // Some budget has a hard limit on a resource clients reserve: a label set's reservations wait for the agent.
@@ -62,12 +77,27 @@ class BudgetEnforcement {
     std::vector<Holding> by_handle;
     bool pending = false;  // its handles not read yet hold kAllowancePending
   };
+  // One action on whole workloads (freeze, revoke-gpu): what this agent did, by workload.
+  struct Imposed {
+    std::string budget;           // the budget that wanted it ("" : restored from the checkpoint)
+    bool done = false;            // carried out (and not undone)
+    budgets::Seconds tried{};     // the last attempt, done or not
+    std::string failure;          // the last attempt's error, reported once
+  };
   void emit(const budgets::BudgetEvent& event);
+  void act(budgets::Seconds now);
+  void freeze(const std::map<std::string, std::string>& wanted, budgets::Seconds now);
+  void revoke(const std::map<std::string, std::string>& wanted, budgets::Seconds now);
+  // An applied, undone or failed event of `action` on `workload`.
+  void report(budgets::BudgetEvent::Kind kind, budgets::Action action, const std::string& budget,
+              const std::string& workload, const std::string& detail, budgets::Seconds now);
   void write_segments(const shm::MeteringSource& metering, const ClientUsage& clients, budgets::Seconds now);
 
   ledger::Ledger& ledger_;
   Emit emit_;
+  Actuators actuators_;
   budgets::BudgetEngine engine_;
+  std::map<std::string, Imposed> frozen_, revoked_;  // by workload
   // By segment name.
   std::unordered_map<std::string, SegmentHoldings> holdings_;
   std::uint64_t pass_ = 0;

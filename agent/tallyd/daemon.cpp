@@ -165,11 +165,31 @@ class Daemon {
   // Budgets (docs/budgets.md): configured, then restored as the checkpoint saved them with the totals they counted,
   // before any source adds to the ledger.
   Result<void> start_budgets() {
-    budgets_ = std::make_unique<BudgetEnforcement>(ledger_, [this](const v1::QuotaEvent& event) {
-      v1::Envelope envelope;
-      *envelope.mutable_event()->mutable_quota() = event;
-      publisher_->publish(envelope);
-    });
+    Actuators actuators;
+    if (auto root = find_cgroup2_mount()) {
+      freezer_ = std::make_unique<freezer::Freezer>(freezer::FreezerOptions{*root, config_.identity, true});
+      actuators.freezer = freezer_.get();
+    } else {
+      spdlog::warn("budgets: no cgroup v2 hierarchy, so the freeze action cannot be carried out: {}",
+                   root.error().message);
+    }
+    actuators.revoke_gpu = [this](const std::set<std::string>& workloads) -> Result<void> {
+      if (workloads.empty() && !partitioning_) return {};
+      if (!ensure_partitioning()) {
+        return make_error(ErrorCode::unsupported, "no cgroup v2 hierarchy to attach the GPU device policy to");
+      }
+      auto revoked = partitioning_->set_revoked(workloads);
+      if (!revoked) return revoked.error();
+      return {};
+    };
+    budgets_ = std::make_unique<BudgetEnforcement>(
+        ledger_,
+        [this](const v1::QuotaEvent& event) {
+          v1::Envelope envelope;
+          *envelope.mutable_event()->mutable_quota() = event;
+          publisher_->publish(envelope);
+        },
+        std::move(actuators));
     TALLY_TRY(budgets_->configure(config_.quota, budget_clock()));
     budgets_->start(budget_clock());
     return {};
@@ -472,8 +492,14 @@ class Daemon {
   // policy in force. A node whose plan restricts nothing, with no policy pinned before, attaches nothing.
   void start_partitioning() {
     const PartitionPlan& plan = config_.partitioning;
-    if (!plan.restricts() && plan.gpus.empty() && !partitioning::DevicePolicy::pinned(plan.pin_dir)) return;
-    if (ensure_partitioning()) apply_plan(plan);
+    // Revocations a budget made before a restart stay in force from the first apply on: no gap.
+    const std::set<std::string> revoked = budgets_->gpu_revoked();
+    if (!plan.restricts() && plan.gpus.empty() && revoked.empty() && !partitioning::DevicePolicy::pinned(plan.pin_dir)) {
+      return;
+    }
+    if (!ensure_partitioning()) return;
+    if (!revoked.empty()) (void)partitioning_->set_revoked(revoked);  // kept until apply_plan() brings it into force
+    apply_plan(plan);
   }
 
   bool ensure_partitioning() {
@@ -684,6 +710,7 @@ class Daemon {
 
   // Budgets: usage from the ledger, decisions and allowances into the clients' control files.
   std::unique_ptr<BudgetEnforcement> budgets_;
+  std::unique_ptr<freezer::Freezer> freezer_;
 
   // Its checkpoint; what each submitted checkpoint retired waits for it to be durable.
   struct Retired {

@@ -7,6 +7,7 @@
 //     for SECONDS (the test stops it sooner).
 // LABELS: "team=a,model=m".
 #include <poll.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -97,6 +98,22 @@ int watch(tally_client* client, std::uint32_t labels, std::uint64_t add, int sec
   return 0;
 }
 
+int burn(tally_client* client, std::uint32_t labels, std::uint64_t add) {
+  tally_add(client, labels, TALLY_TOKENS_OUT, add);
+  std::printf("added %llu\n", static_cast<unsigned long long>(add));
+  std::fflush(stdout);
+  for (std::uint64_t n = 0;; ++n) {
+    if ((n & 0xFFFFF) == 0) {
+      pollfd in{0, POLLIN, 0};
+      if (::poll(&in, 1, 0) == 1 && (in.revents & (POLLHUP | POLLIN)) != 0) {
+        char byte;
+        if (::read(0, &byte, 1) <= 0) return 0;  // stdin closed
+      }
+    }
+    asm volatile("" : : "r"(n) : "memory");  // every iteration is work the compiler must keep
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -115,6 +132,8 @@ int main(int argc, char** argv) {
   if (mode == "spend" && argc == 7) {
     status = spend(client, labels, std::atoi(argv[3]), std::strtoull(argv[4], nullptr, 10), std::atoi(argv[5]),
                    static_cast<unsigned>(std::atoi(argv[6])));
+  } else if (mode == "burn" && argc == 4) {
+    status = burn(client, labels, std::strtoull(argv[3], nullptr, 10));
   } else if (mode == "watch" && argc == 5) {
     status = watch(client, labels, std::strtoull(argv[3], nullptr, 10), std::atoi(argv[4]));
   }
