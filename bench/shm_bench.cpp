@@ -25,10 +25,12 @@
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <map>
 #include <memory>
+#include <string_view>
 #include <thread>
 
 #include "agent/base/histogram.hpp"
@@ -234,7 +236,7 @@ void BM_TallyReserveCommit(benchmark::State& state) {
   }
   state.counters["refused"] = static_cast<double>(refused);
 }
-BENCHMARK(BM_TallyReserveCommit)->Threads(1)->UseRealTime();
+BENCHMARK(BM_TallyReserveCommit)->Threads(1)->Threads(2)->UseRealTime();
 
 // ---- heavier baselines --------------------------------------------------------------------------------------
 
@@ -350,10 +352,14 @@ BENCHMARK(BM_AgentDrain)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 int main(int argc, char** argv) {
   std::vector<char*> args(argv, argv + argc);
+  // Defaults, unless the command line says otherwise (a later flag would win over the caller's).
   std::string repetitions = "--benchmark_repetitions=5";
   std::string aggregates = "--benchmark_report_aggregates_only=true";
-  args.push_back(repetitions.data());
-  args.push_back(aggregates.data());
+  const auto given = [&](std::string_view flag) {
+    return std::any_of(argv + 1, argv + argc, [&](const char* a) { return std::string_view(a).starts_with(flag); });
+  };
+  if (!given("--benchmark_repetitions=")) args.push_back(repetitions.data());
+  if (!given("--benchmark_report_aggregates_only")) args.push_back(aggregates.data());
   int count = static_cast<int>(args.size());
   benchmark::Initialize(&count, args.data());
   bench::MedianReporter reporter;
@@ -385,8 +391,8 @@ int main(int argc, char** argv) {
     std::printf("%-44s %10.2f ns  %-22s %-14s %s\n", what, ns, ratio.c_str(), target, ok ? "ok" : "MISSED");
   };
   auto x = [](double a, double b) { return b > 0 ? fmt::format("{:.2f}x atomic", a / b) : std::string("-"); };
-  std::printf("\nSummary (medians of 5 repetitions; per operation, per thread; 2-thread rows against 2-thread "
-              "baselines)\n");
+  std::printf("\nSummary (medians of the repetitions, 5 unless told; per operation, per thread; 2-thread rows against "
+              "2-thread baselines)\n");
   std::printf("%-44s %13s  %-22s %-14s %s\n", "benchmark", "time", "ratio", "target", "");
   row("atomic fetch_add, uncontended, 1 thread", atomic1, "1.00x (baseline)", "", true);
   row("atomic fetch_add, uncontended, 2 threads", atomic2, x(atomic2, atomic1), "", true);

@@ -55,6 +55,7 @@ void ClientUsage::on_drained(const shm::Segment& segment, std::span<const shm::R
     const shm::CounterArray& counters = reader.counters(handle);
     const shm::GaugeArray& gauges = reader.gauges(handle);
     for (std::uint32_t i = 0; i < kValues; ++i) {
+      if (i == shm::format::kCommittedCounter) continue;  // allowance bookkeeping (the reader's committed()), not usage
       const bool gauge = i >= shm::format::kCounterCount;
       const std::uint64_t value = gauge ? gauges[i - shm::format::kCounterCount] : counters[i];
       if (cells[i] == kNoCell) {

@@ -132,6 +132,7 @@ struct tally_client {
   const std::uint32_t* decisions = nullptr;
   const std::uint64_t* allowances = nullptr;  // allowance_word() per label set, in the control file
   fmt_ns::BudgetEntry* budgets = nullptr;     // what this client claimed and committed per label set
+  bool slot_committed = false;  // the header's kFeatureSlotCommitted: commits go into each thread's own row
   // Segments given up (quarantined or retired by the agent): threads may still be finishing a write into them,
   // so they stay mapped until tally_close.
   struct Mapping {
@@ -278,6 +279,7 @@ struct alignas(64) ThreadCache {
   std::uint64_t cached_tail = 0;  // last tail read from the agent's line
   std::uint32_t label_capacity = 0;
   bool shared = false;  // overflow shard: atomic RMW
+  bool slot_committed = false;  // commits go into counter index kCommittedCounter of `counters` (else BudgetEntry)
   std::uint32_t tid = 0;  // 0 until this thread's first call
   // tally_reserve and tally_commit: the tables of the epoch above, taken in the same refresh as label_capacity, so
   // that they are never paired with another segment's bounds (as reading them through the client after a re-attach
@@ -310,6 +312,13 @@ thread_local ThreadCache t_cache;
 thread_local OwnedSlots t_owned;
 thread_local ParkedSlots t_parked;
 
+// The counters a caller may add to: every index below kCounterCount but the one that holds commits (index 7,
+// reserved in tally/client.h), which only tally_commit writes. (k ^ 7) - 1 < 15 is k < 16 && k != 7 in one compare.
+static_assert(fmt_ns::kCounterCount == 16 && fmt_ns::kCommittedCounter == 7);
+inline bool countable(tally_counter counter) {
+  return (static_cast<std::uint32_t>(counter) ^ fmt_ns::kCommittedCounter) - 1 < fmt_ns::kCounterCount - 1;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Counting while not attached: into the client's own memory (Pending), lock-free, no system call.
 
@@ -325,7 +334,7 @@ bool pending_handle(const tally_client* c, std::uint32_t labels) {
 }
 
 void pending_add(tally_client* c, std::uint32_t labels, tally_counter counter, std::uint64_t value) {
-  if (!pending_handle(c, labels) || static_cast<std::uint32_t>(counter) >= fmt_ns::kCounterCount) return;
+  if (!pending_handle(c, labels) || !countable(counter)) return;
   std::atomic_ref<std::uint64_t>(c->pending->counters[labels][counter]).fetch_add(value);
   mark_dirty(*c->pending);
 }
@@ -439,6 +448,7 @@ void hand_over_pending(tally_client* c, bool with_gauges) {
   const SlotView view = claim_slot(c, static_cast<std::uint32_t>(::syscall(SYS_gettid)));
   for (std::uint32_t h = 1; h < labels; ++h) {
     for (std::uint32_t k = 0; k < fmt_ns::kCounterCount; ++k) {
+      if (k == fmt_ns::kCommittedCounter) continue;  // nothing counts it while not attached (countable())
       const std::uint64_t value = std::atomic_ref<std::uint64_t>(p.counters[h][k]).exchange(0);
       if (value == 0) continue;
       std::uint64_t* cell = view.counters + std::size_t{h} * fmt_ns::kCounterCount + k;
@@ -588,6 +598,8 @@ bool map_reply_fds(tally_client* c, int segment_fd, int control_fd) {
   store_relaxed(c->decisions, control_table<std::uint32_t>(c, control->decisions_offset));
   store_relaxed(c->allowances, control_table<std::uint64_t>(c, control->allowances_offset));
   store_relaxed(c->budgets, reinterpret_cast<fmt_ns::BudgetEntry*>(c->segment + layout.budgets_offset));
+  // Read once: what the agent that made the segment reads (the header's agent part is not written after creation).
+  c->slot_committed = (load_relaxed(header->agent_features) & fmt_ns::kFeatureSlotCommitted) != 0;
   for (std::uint32_t h = 1; h < c->labels.size(); ++h) publish_label(c, h);
   for (std::size_t i = 0; i < c->counter_names.size(); ++i) publish_counter_name(c, i);
   hand_over_pending(c, true);  // before the epoch: no thread writes the segment's gauges yet
@@ -904,6 +916,7 @@ void free_client(tally_client* c) {
   tc.cached_tail = view.slot ? load_acquire(view.slot->tail) : 0;
   tc.allowances = load_relaxed(c->allowances);
   tc.budgets = load_relaxed(c->budgets);
+  tc.slot_committed = c->slot_committed;
   return true;
 }
 
@@ -934,7 +947,7 @@ inline bool cache_for(ThreadCache& tc, tally_client* c) {
 [[gnu::noinline]] void add_slow(tally_client* c, std::uint32_t labels, tally_counter counter, std::uint64_t value) {
   ThreadCache& tc = t_cache;
   if (!cache_for(tc, c)) return pending_add(c, labels, counter, value);
-  if (labels - 1 >= tc.label_capacity - 1 || static_cast<std::uint32_t>(counter) >= fmt_ns::kCounterCount) return;
+  if (labels - 1 >= tc.label_capacity - 1 || !countable(counter)) return;
   std::uint64_t* cell = tc.counters + std::size_t{labels} * fmt_ns::kCounterCount + counter;
   tc.shared ? add_shared(cell, value) : add_owned(cell, value);
 }
@@ -959,30 +972,30 @@ inline bool cache_for(ThreadCache& tc, tally_client* c) {
 // path must count it (see add_slow).
 [[gnu::always_inline]] inline bool add_fast(const ThreadCache& tc, const tally_client* c, std::uint32_t labels,
                                             tally_counter counter, std::uint64_t value) {
-  if (!cache_is_for(tc, c) || labels - 1 >= tc.fast_labels ||
-      static_cast<std::uint32_t>(counter) >= fmt_ns::kCounterCount) {
-    return false;
-  }
+  if (!cache_is_for(tc, c) || labels - 1 >= tc.fast_labels || !countable(counter)) return false;
   add_owned(tc.counters + std::size_t{labels} * fmt_ns::kCounterCount + counter, value);
   return true;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Allowances (segment_format.hpp, BudgetEntry): claimed against what the agent granted, in the segment; every
-// thread of the process shares the entry, so every change is an atomic read-modify-write.
+// thread of the process shares `claimed`, so every change to it is an atomic read-modify-write. What was committed
+// is kept per thread, beside its counters (kFeatureSlotCommitted), so that a commit adds to it with a plain store.
 
 // The allowance word that governs `counter` of label set `labels` in the thread cache's segment: one naming that
 // counter, or kAllowancePending (the agent has not decided yet, so it holds every counter back); 0 when none does
 // (no allowance, one for another counter, a bad handle or counter, a control file without allowances).
-inline std::uint64_t governing_allowance(const ThreadCache& tc, std::uint32_t labels, tally_counter counter) {
-  if (tc.allowances == nullptr || labels - 1 >= tc.label_capacity - 1 ||
-      static_cast<std::uint32_t>(counter) >= fmt_ns::kCounterCount) {
-    return 0;
-  }
+// allowance_in: the same for a label set and counter already checked (labels in [1, label_capacity), countable).
+inline std::uint64_t allowance_in(const ThreadCache& tc, std::uint32_t labels, tally_counter counter) {
+  if (tc.allowances == nullptr) return 0;
   const std::uint64_t word = load_relaxed(tc.allowances[labels]);
   const bool governs =
       fmt_ns::allowance_pending(word) || fmt_ns::allowance_counter(word) == static_cast<std::uint32_t>(counter);
   return word != 0 && governs ? word : 0;
+}
+inline std::uint64_t governing_allowance(const ThreadCache& tc, std::uint32_t labels, tally_counter counter) {
+  if (labels - 1 >= tc.label_capacity - 1 || !countable(counter)) return 0;
+  return allowance_in(tc, labels, counter);
 }
 
 // Raises `claimed` by `amount` unless it would pass `granted` (compared so that nothing can wrap around).
@@ -1013,6 +1026,39 @@ inline int reserve_in(const ThreadCache& tc, std::uint32_t labels, tally_counter
   if (word == 0) return 1;
   if (fmt_ns::allowance_pending(word)) return 0;  // the agent has not looked at this label set yet
   return claim(tc.budgets[labels].claimed, fmt_ns::allowance_granted(word), amount) ? 1 : 0;
+}
+
+// tally_commit's bookkeeping once the counter is counted through this thread's cache (its current segment), into
+// `counters` (this thread's slot; the overflow shard when `shared`). `checked`: labels and counter are known good
+// (add_fast took them, so the row is this thread's own).
+template <bool checked>
+[[gnu::always_inline]] inline void commit_in(const ThreadCache& tc, std::uint32_t labels, tally_counter counter,
+                                             std::uint64_t reserved, std::uint64_t used) {
+  if ((checked ? allowance_in(tc, labels, counter) : governing_allowance(tc, labels, counter)) == 0) return;
+  fmt_ns::BudgetEntry& entry = tc.budgets[labels];
+  // Release: an agent that reads what was committed (acquire) sees the counter it was added to. With the feature,
+  // into the same row as the counter (this thread's slot, or the overflow shard when the counter went there): the
+  // agent reads each row's committed cell before that row's counters.
+  if (tc.slot_committed) [[likely]] {
+    std::uint64_t* cell = tc.counters + std::size_t{labels} * fmt_ns::kCounterCount + fmt_ns::kCommittedCounter;
+    if (!checked && tc.shared) {
+      std::atomic_ref<std::uint64_t>(*cell).fetch_add(used, std::memory_order_release);
+    } else {
+      store_release(*cell, load_relaxed(*cell) + used);  // our own slot: one writer, no lock prefix
+    }
+  } else {
+    std::atomic_ref<std::uint64_t>(entry.committed).fetch_add(used, std::memory_order_release);
+  }
+  settle(entry.claimed, reserved, used);
+}
+
+// tally_commit off its fast path: a thread's first call, a re-attach, not attached, the overflow shard.
+[[gnu::noinline]] void commit_slow(tally_client* c, std::uint32_t labels, tally_counter counter,
+                                   std::uint64_t reserved, std::uint64_t used) {
+  ThreadCache& tc = t_cache;
+  add_slow(c, labels, counter, used);
+  if (!cache_is_for(tc, c)) return;  // not attached (add_slow refreshed the cache if it is): nothing is enforced
+  commit_in<false>(tc, labels, counter, reserved, used);
 }
 
 // A thread's first call, a re-attach, not attached: off the fast path, so that it saves no registers.
@@ -1192,17 +1238,12 @@ int tally_reserve(tally_client* c, uint32_t labels, tally_counter counter, uint6
 }
 
 void tally_commit(tally_client* c, uint32_t labels, tally_counter counter, uint64_t reserved, uint64_t used) {
-  // The counter first, exactly as tally_add counts it, in every state: the bookkeeping below only follows it.
+  // The counter first, exactly as tally_add counts it, in every state: the bookkeeping only follows it.
   ThreadCache& tc = t_cache;
   if (!add_fast(tc, c, labels, counter, used)) [[unlikely]] {
-    add_slow(c, labels, counter, used);
-    if (!cache_is_for(tc, c)) return;  // not attached (add_slow refreshed the cache if it is): nothing is enforced
+    return commit_slow(c, labels, counter, reserved, used);  // a tail call: the fast path saves no registers
   }
-  if (governing_allowance(tc, labels, counter) == 0) return;
-  fmt_ns::BudgetEntry& entry = tc.budgets[labels];
-  // Release: an agent that reads `committed` (acquire) sees the counter it was added to.
-  std::atomic_ref<std::uint64_t>(entry.committed).fetch_add(used, std::memory_order_release);
-  settle(entry.claimed, reserved, used);
+  commit_in<true>(tc, labels, counter, reserved, used);
 }
 
 int tally_attached(tally_client* c) {

@@ -30,6 +30,10 @@ inline constexpr std::uint64_t kControlMagic = 0x314c5443594c4c54ULL;  // "TLLYC
 
 inline constexpr std::uint32_t kCounterCount = 16;  // 8 built-in + 8 user-named (TALLY_COUNTER_LIMIT)
 inline constexpr std::uint32_t kBuiltinCounters = 8;
+// Built-in index 7 (reserved in tally/client.h: no caller can add to it) of every counter row, in each slot and the
+// overflow shard, holds what tally_commit committed under an allowance (see BudgetEntry), in segments whose header
+// has kFeatureSlotCommitted. Never usage: the reader reports it as committed(), and 0 in the counters.
+inline constexpr std::uint32_t kCommittedCounter = 7;
 inline constexpr std::uint32_t kGaugeCount = 8;
 inline constexpr std::uint32_t kLabelTextBytes = 248;
 inline constexpr std::uint32_t kCounterNameBytes = 32;
@@ -73,11 +77,18 @@ struct Header {
   std::uint64_t overflow_dropped;    // events dropped by threads that found no free slot (atomic RMW)
   // --- written by the agent at creation, read-only afterwards ---
   std::uint64_t slot_headers_offset;  // SlotHeader[slot_count], right after the header (version 2; 0 in version 1)
-  std::uint8_t reserved[256 - 224];
+  // What the agent that made the segment reads from it (kFeature* bits); 0 in segments made before this field
+  // existed. A client uses a feature only when its bit is set, so that an older agent is never misread.
+  std::uint32_t agent_features;
+  std::uint8_t reserved[256 - 228];
 };
 static_assert(sizeof(Header) == 256);
 static_assert(offsetof(Header, workload_name) == 128);
 static_assert(offsetof(Header, label_count) == 192);
+static_assert(offsetof(Header, agent_features) == 224);
+// The agent sums counter index kCommittedCounter of each slot and the overflow shard into what a label set
+// committed (besides BudgetEntry::committed), and never counts it as usage.
+inline constexpr std::uint32_t kFeatureSlotCommitted = 1;
 
 // One interned label set: "key=value" pairs separated by '\n', `length` bytes, no NUL.
 struct LabelEntry {
@@ -108,15 +119,21 @@ static_assert(sizeof(Record) == 64);
 // label set. Protocol, all in this shared memory (no system call, no lock shared with other processes):
 //  - tally_reserve(amount) on the governed counter: a CAS loop raises `claimed` by `amount` only if
 //    claimed + amount <= granted; otherwise it is refused. On any other counter it is granted and changes nothing.
-//  - tally_commit(reserved, used): adds `used` to the counter first, then `committed` += used (release: the agent
-//    that sees it sees the counter), then `claimed` += used - reserved (never below 0). A commit above what was
-//    reserved is counted in full and leaves `claimed` above `granted` until the next grant.
+//  - tally_commit(reserved, used): adds `used` to the counter first, then to what the label set committed (release:
+//    the agent that sees it sees the counter), then `claimed` += used - reserved (never below 0; a locked write only
+//    when used != reserved). A commit above what was reserved is counted in full and leaves `claimed` above
+//    `granted` until the next grant.
+// Where commits are added: with kFeatureSlotCommitted in the header, into counter index kCommittedCounter of the
+// committing thread's own row, beside the counter it added to (a single-writer add in its slot; an atomic add in the
+// overflow shard), and `committed` below stays 0; without it (a segment of an older agent), into `committed` below
+// (atomic add). What the label set committed is `committed` plus that index summed over the slots and the overflow
+// shard; the agent reads each part before the counters it covers.
 // Concurrent requests of one client therefore cannot spend past the allowance; the agent meters the real usage
 // from the counters, and trusts these fields only as the client's own bookkeeping (a hostile client can hold at
 // most what it was granted, never spend another's). Zero until used.
 struct BudgetEntry {
   std::uint64_t claimed;    // reserved and not yet released, plus committed
-  std::uint64_t committed;  // what commits added to the governed counter
+  std::uint64_t committed;  // what commits added to the governed counter (see above: with kFeatureSlotCommitted, 0)
 };
 static_assert(sizeof(BudgetEntry) == 16);
 
@@ -217,6 +234,7 @@ inline Layout init_header(Header& h, std::uint32_t label_capacity, std::uint32_t
   h.slots_offset = l.slots_offset;
   h.slot_stride = l.slot_stride;
   h.slot_headers_offset = version >= 2 ? l.slot_headers_offset : 0;  // reserved before version 2
+  h.agent_features = kFeatureSlotCommitted;
   return l;
 }
 

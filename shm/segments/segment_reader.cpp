@@ -17,6 +17,8 @@ using format::store_release;
 
 namespace {
 
+std::uint64_t saturating_add(std::uint64_t a, std::uint64_t b) { return a + b < a ? UINT64_MAX : a + b; }
+
 std::string_view counter_label(std::uint32_t k) {
   return k < format::kBuiltinCounters ? format::kBuiltinCounterNames[k] : std::string_view("user");
 }
@@ -83,6 +85,7 @@ Result<SegmentReader> SegmentReader::attach(std::span<std::byte> bytes) {
   reader.label_capacity_ = labels;
   reader.slot_count_ = slots;
   reader.lane_mask_ = records - 1;
+  reader.slot_committed_ = (layout_fields.agent_features & format::kFeatureSlotCommitted) != 0;
   reader.tails_.resize(slots);
   // Only the slots ever taken can have a tail to resume from; the others start at 0 as made. Reading those alone
   // keeps an attached but idle segment from costing the agent a page per slot.
@@ -165,17 +168,22 @@ Result<void> SegmentReader::read_counters() {
   // A thread takes the overflow shard only when every slot is owned: until then it holds nothing to read.
   const bool overflow_used = used == slot_count_;
   const auto* budgets = at<const format::BudgetEntry>(layout_.budgets_offset);
+  constexpr std::uint32_t kCommitted = format::kCommittedCounter;
   for (std::uint32_t handle = 1; handle < labels_.size(); ++handle) {
-    // Before the counters (acquire, paired with the client's release after its add): see committed().
-    committed_[handle] = load_acquire(budgets[handle].committed);
+    // What was committed, each part before the counters it covers (acquire, paired with the client's release after
+    // its add): see committed(). The client may write anything here: the sum saturates, and the caller bounds it.
+    std::uint64_t committed = load_acquire(budgets[handle].committed);
     CounterArray& sum = scratch_;
-    for (std::uint32_t k = 0; k < format::kCounterCount; ++k) {
-      sum[k] = overflow_used ? load_relaxed(overflow[std::size_t{handle} * format::kCounterCount + k]) : 0;
-    }
+    const auto* shard = overflow + std::size_t{handle} * format::kCounterCount;
+    if (overflow_used && slot_committed_) committed = saturating_add(committed, load_acquire(shard[kCommitted]));
+    for (std::uint32_t k = 0; k < format::kCounterCount; ++k) sum[k] = overflow_used ? load_relaxed(shard[k]) : 0;
     for (std::uint32_t s = 0; s < used; ++s) {
       const auto* cells = at<const std::uint64_t>(layout_.slot_counters(s)) + std::size_t{handle} * format::kCounterCount;
+      if (slot_committed_) committed = saturating_add(committed, load_acquire(cells[kCommitted]));
       for (std::uint32_t k = 0; k < format::kCounterCount; ++k) sum[k] += load_relaxed(cells[k]);
     }
+    committed_[handle] = committed;
+    sum[kCommitted] = 0;  // reserved: bookkeeping (above) or nothing, never usage
     for (std::uint32_t k = 0; k < format::kCounterCount; ++k) {
       if (sum[k] < counters_[handle][k]) {
         return make_error(ErrorCode::invalid_argument, "label set {}: counter {} went backwards from {} to {}", handle,
@@ -270,7 +278,18 @@ Result<void> SegmentReader::read_totals() {
 format::BudgetEntry SegmentReader::budget_entry(std::uint32_t handle) const {
   if (handle == 0 || handle >= label_capacity_) return {};  // handle 0 is no label set: the client never uses it
   const auto& entry = at<const format::BudgetEntry>(layout_.budgets_offset)[handle];
-  const std::uint64_t committed = load_acquire(entry.committed);
+  std::uint64_t committed = load_acquire(entry.committed);
+  if (slot_committed_) {
+    // As read_counters() sums it (a hostile slots_used is only bounded here: read_counters() reports it).
+    const std::uint32_t used = std::min(load_acquire(header_->slots_used), slot_count_);
+    const std::size_t cell = std::size_t{handle} * format::kCounterCount + format::kCommittedCounter;
+    if (used == slot_count_) {
+      committed = saturating_add(committed, load_acquire(at<const std::uint64_t>(layout_.overflow_offset)[cell]));
+    }
+    for (std::uint32_t s = 0; s < used; ++s) {
+      committed = saturating_add(committed, load_acquire(at<const std::uint64_t>(layout_.slot_counters(s))[cell]));
+    }
+  }
   return {load_relaxed(entry.claimed), committed};
 }
 

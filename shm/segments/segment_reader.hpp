@@ -80,11 +80,15 @@ class SegmentReader {
   const GaugeArray& gauges(std::uint32_t handle) const { return gauges_[handle]; }
   const std::vector<std::string>& counter_names() const { return counter_names_; }
   // What the client claimed and committed against label set `handle`'s allowance, read now (committed first,
-  // acquire: the counter it was added to is then visible); zeros out of range. The client's own bookkeeping: the
-  // agent meters usage from the counters, and uses these only to see how much of a grant is still held.
+  // acquire: the counters it was added to are then visible; with kFeatureSlotCommitted, BudgetEntry::committed plus
+  // the committed cell of each slot and of the overflow shard, as read_counters() sums it); zeros out of range. The
+  // client's own bookkeeping: the agent meters usage from the counters, and uses these only to see how much of a
+  // grant is still held.
   format::BudgetEntry budget_entry(std::uint32_t handle) const;
-  // `committed` of that entry as the last read of the totals loaded it, just before that label set's counters: every
-  // commit it holds is in those counters. What lets the agent count a grant as spent only once its usage is counted.
+  // What that label set committed as the last read of the totals loaded it, each part (the entry, each slot's and the
+  // overflow shard's committed cell) just before the counters it covers: every commit it holds is in those counters.
+  // What lets the agent count a grant as spent only once its usage is counted. (counters()[kCommittedCounter] is
+  // always 0: that index is this bookkeeping, never usage.)
   std::uint64_t committed(std::uint32_t handle) const { return committed_[handle]; }
   std::uint64_t dropped() const { return dropped_; }
   std::uint64_t torn() const { return torn_; }  // records whose commit word did not match: skipped, never read
@@ -103,6 +107,7 @@ class SegmentReader {
   format::Layout layout_;
   format::Header* header_ = nullptr;
   std::uint32_t label_capacity_ = 0, slot_count_ = 0, lane_mask_ = 0;
+  bool slot_committed_ = false;  // the header's kFeatureSlotCommitted, from the copy checked at attach
   std::vector<LabelSet> labels_{LabelSet{}};
   std::vector<CounterArray> counters_{CounterArray{}};
   std::vector<std::uint64_t> committed_{0};

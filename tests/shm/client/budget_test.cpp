@@ -225,6 +225,73 @@ TEST_F(BudgetTest, ConcurrentThreadsNeverSpendPastTheGrant) {
   EXPECT_GE(last.committed, kGranted - 8 * kThreads);
 }
 
+// What a label set committed is kept per thread, beside its counters (kFeatureSlotCommitted: counter index 7 of each
+// thread's row, in its slot or in the overflow shard). With 2 slots for 6 threads, four threads commit through the
+// overflow shard. Whenever the agent's read of the totals runs, committed() (each part read before the counters it
+// covers) is never above the counter, index 7 never shows as usage, and at the end committed() is exactly what the
+// threads committed, and what a tally_add on index 7 cannot change.
+TEST(BudgetSlots, CommittedIsExactAcrossThreadsAndTheOverflowShard) {
+  InProcessAgent agent;
+  ::setenv("TALLY_SOCKET", agent.socket_path().c_str(), 1);
+  ::setenv("TALLY_OPEN_TIMEOUT_MS", "5000", 1);
+  ::setenv("TALLY_SLOTS", "2", 1);
+  {
+    Client client("budgets-slots");
+    ASSERT_TRUE(client.attached()) << client.last_error();
+    const std::uint32_t h = client.intern({{"tenant", "acme"}});
+    const auto registration = agent.wait_for_registrations(1).at(0);
+    SegmentProbe probe(registration);
+    ASSERT_NE(probe.reader->header().agent_features & shm::format::kFeatureSlotCommitted, 0u);
+    auto control = MappedFile::open(registration.control_path, sizeof(shm::format::ControlHeader), 1u << 30);
+    ASSERT_TRUE(control) << control.error().message;
+    shm::set_allowance(*control, h, allowance_word(TALLY_TOKENS_OUT, shm::format::kAllowanceAmountMask));
+    constexpr int kThreads = 6;
+    constexpr std::uint64_t kRounds = 20'000;
+    std::atomic<int> started{0}, holding{0}, finished{0};
+    std::atomic<std::uint64_t> committed{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        ++started;
+        while (started.load() < kThreads) std::this_thread::yield();
+        std::uint64_t mine = 0;
+        for (std::uint64_t i = 0; i < kRounds; ++i) {
+          const std::uint64_t used = 1 + (i * 7 + static_cast<std::uint64_t>(t)) % 64;
+          if (!client.reserve(h, TALLY_TOKENS_OUT, 64)) continue;
+          client.commit(h, TALLY_TOKENS_OUT, 64, used);
+          client.add(h, static_cast<tally_counter>(shm::format::kCommittedCounter), 1000);  // ignored
+          mine += used;
+          if (i == 0) {  // every thread holds a slot or the shard before any exits (an exit frees its slot)
+            ++holding;
+            while (holding.load() < kThreads) std::this_thread::yield();
+          }
+        }
+        committed += mine;
+        ++finished;
+      });
+    }
+    std::uint64_t ahead = 0, reads = 0;
+    while (finished.load() < kThreads) {
+      probe.drain();
+      ++reads;
+      if (probe.reader->committed(h) > probe.total(h, TALLY_TOKENS_OUT)) ++ahead;
+      EXPECT_EQ(probe.total(h, shm::format::kCommittedCounter), 0u);
+    }
+    for (auto& th : threads) th.join();
+    probe.drain();
+    EXPECT_EQ(ahead, 0u) << "of " << reads << " reads";
+    EXPECT_EQ(probe.reader->committed(h), committed.load());
+    EXPECT_EQ(probe.reader->budget_entry(h).committed, committed.load());
+    EXPECT_EQ(probe.total(h, TALLY_TOKENS_OUT), committed.load());
+    EXPECT_EQ(probe.total(h, shm::format::kCommittedCounter), 0u);
+    EXPECT_EQ(probe.reader->budget_entry(h).claimed, committed.load());  // every reservation settled
+    EXPECT_EQ(probe.reader->header().slots_used, 2u);  // so the overflow shard took the others
+  }
+  ::unsetenv("TALLY_SOCKET");
+  ::unsetenv("TALLY_OPEN_TIMEOUT_MS");
+  ::unsetenv("TALLY_SLOTS");
+}
+
 TEST(BudgetNoAgent, EverythingIsGrantedAndCommitsCountExactly) {
   TempDir dir;
   const auto socket = dir / "tally.sock";
