@@ -104,6 +104,9 @@ int print_show(const json& state) {
                                 assignment.value("origin", "")));
   }
   print_list("assignments", lines);
+  // Budgets' revoke-gpu (docs/budgets.md): these open no GPU, whatever the assignments above give them.
+  const auto revoked = strings(state.value("revoked", json::array()));
+  if (!revoked.empty()) fmt::print("GPU access withdrawn by budgets: {}\n", fmt::join(revoked, ", "));
   const auto system_clients = strings(state.value("system_clients", json::array()));
   if (!system_clients.empty()) fmt::print("system clients (every GPU): {}\n", fmt::join(system_clients, ", "));
   lines.clear();
@@ -172,7 +175,8 @@ void add_plan_command(CLI::App& app, int& exit_status) {
   plan->add_option("--socket", options->socket, "tallyd's control socket ([agent] control_socket)")
       ->capture_default_str();
   plan->add_flag("--json", options->json, "Print tallyd's answer as JSON");
-  CLI::App* show = plan->add_subcommand("show", "The geometry, assignments, what each workload may open, denials");
+  CLI::App* show =
+      plan->add_subcommand("show", "The geometry, assignments, what each workload may open, revocations, denials");
   CLI::App* diff = plan->add_subcommand(
       "diff", "What a plan file would change and what would be refused, changing nothing (a plan drop-in: as added "
               "to the running plan; a tally.toml: its whole plan)");

@@ -4,6 +4,7 @@
 // its control socket. The policy is pinned in a private bpffs, so that nothing outlives the test process.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -248,6 +249,96 @@ TEST_F(TallydPartitioningTest, MigGeometryIsReconciledAtStartAndUnisolableSlices
   ASSERT_EQ(shown["gpus"][0]["instances"].size(), 2u) << shown.dump();
   EXPECT_EQ(shown["gpus"][0]["instances"][0]["profile"], "3g.40gb");
   EXPECT_EQ(open_in(b_, 0), ENXIO) << "the refused slice restricted nothing";
+}
+
+// Budgets' revoke-gpu through the real tallyd (docs/budgets.md, docs/partitioning.md "Revocation"): a client in
+// cgroup b goes over its budget's hard limit; from the applied QuotaEvent on, new opens of any GPU by b fail with
+// EPERM (GPU 1, open to all by the plan, included), while a keeps its GPU 0 and c still opens GPU 1; tallyctl quota
+// and plan show name b; tallyctl release gives the access back (undone) and b opens GPU 1 again.
+TEST_F(TallydPartitioningTest, BudgetRevokeGpuWithdrawsAWorkloadsAccessAndReleaseGivesItBack) {
+  const auto c = parent_->make_child("c");
+  const auto socket = (dir_ / "tally.sock").string();
+  // The client finds the agent through TALLY_SOCKET, inherited by the processes started in the test cgroups.
+  ::setenv("TALLY_SOCKET", socket.c_str(), 1);
+  struct Unset {
+    ~Unset() { ::unsetenv("TALLY_SOCKET"); }
+  } unset;
+  const std::string metering_and_budget = fmt::format(
+      "[metering]\nsocket = \"{}\"\nruntime_dir = \"{}\"\ndrain_interval_ms = 10\n"
+      "[[budgets]]\nname = \"b-tokens\"\nselect = {{ workload = \"{}\" }}\nresource = \"tokens_out\"\n"
+      "window = \"day\"\nhard = 1000\naction = \"revoke-gpu\"\n",
+      socket, (dir_ / "run").string(), cgroup_workload(b_));
+  auto tallyd = start(config("", assign(a_, "\"0\"") + metering_and_budget));
+  const auto endpoint = tallyd->wait_ready();
+  ASSERT_TRUE(endpoint) << tallyd->process().stderr_text();
+  FeedSubscriber events(*endpoint, "event");
+  const auto quota_event = [&](v1::QuotaEvent::Kind kind) {
+    return events.receive_until([&](const FeedMessage& m) {
+      return m.envelope.event().has_quota() && m.envelope.event().quota().kind() == kind;
+    }, 20s);
+  };
+  const auto ctl = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), TALLYCTL_PATH);
+    args.insert(args.end(), {"--socket", tallyd->control_socket(), "--json"});
+    const CommandResult result = run_command(args, 20s);
+    EXPECT_TRUE(result.status.exited && result.status.code == 0) << result.output;
+    return json::parse(result.output, nullptr, /*allow_exceptions=*/false);
+  };
+  const auto show_text = [&] {
+    const auto shown = tallyctl(*tallyd, {"show"});
+    EXPECT_EQ(shown.status.code, 0) << shown.output;
+    return shown.output;
+  };
+  const std::string withdrawn_line = "GPU access withdrawn by budgets: " + cgroup_workload(b_);
+
+  EXPECT_EQ(open_in(b_, 1), ENXIO) << "GPU 1 is open to every workload";
+  EXPECT_EQ(open_in(b_, 0), EPERM) << "GPU 0 is a's";
+  EXPECT_EQ(show_text().find("GPU access withdrawn"), std::string::npos);
+
+  // watch: adds, then stays attached (its counters stay with the agent) until the test ends it.
+  CgroupProcess spender(b_, {BUDGET_CLIENT_PATH, "watch", "team=b", "1500", "120"});
+  ASSERT_EQ(spender.read_line(20s), "added 1500");
+  const auto applied = quota_event(v1::QuotaEvent::KIND_APPLIED);
+  ASSERT_TRUE(applied) << tallyd->process().stderr_text();
+  const v1::QuotaEvent& event = applied->envelope.event().quota();
+  EXPECT_EQ(event.budget(), "b-tokens");
+  EXPECT_EQ(event.action(), "revoke-gpu");
+  EXPECT_EQ(event.workload(), cgroup_workload(b_));
+  EXPECT_EQ(event.used(), 1500u);
+  EXPECT_TRUE(tallyd->process().wait_for_stderr("GPU access revoked from " + cgroup_workload(b_), 10s))
+      << tallyd->process().stderr_text();
+
+  EXPECT_EQ(open_in(b_, 1), EPERM) << "revoked: GPU 1 too, though the plan leaves it open to all";
+  EXPECT_EQ(open_in(b_, 0), EPERM);
+  EXPECT_EQ(open_in(a_, 0), ENXIO) << "a keeps its GPU";
+  EXPECT_EQ(open_in(a_, 1), ENXIO) << "GPU 1 stays open to a";
+  EXPECT_EQ(open_in(c, 1), ENXIO) << "GPU 1 stays open to everyone else";
+  EXPECT_EQ(open_in(c, 0), EPERM);
+
+  const json quota = ctl({"quota"});
+  ASSERT_EQ(quota["budgets"].size(), 1u) << quota.dump();
+  EXPECT_EQ(quota["budgets"][0]["gpu_revoked"], json::array({cgroup_workload(b_)})) << quota.dump();
+  EXPECT_FALSE(quota["budgets"][0].contains("failed")) << quota.dump();
+  EXPECT_EQ(plan_show(*tallyd)["revoked"], json::array({cgroup_workload(b_)}));
+  const std::string text = show_text();
+  EXPECT_NE(text.find(withdrawn_line), std::string::npos) << text;
+
+  // Released: given back, audited, and not withdrawn again at the next passes.
+  ctl({"release", cgroup_workload(b_)});
+  const auto undone = quota_event(v1::QuotaEvent::KIND_UNDONE);
+  ASSERT_TRUE(undone) << tallyd->process().stderr_text();
+  EXPECT_EQ(undone->envelope.event().quota().workload(), cgroup_workload(b_));
+  EXPECT_EQ(undone->envelope.event().quota().action(), "revoke-gpu");
+  EXPECT_EQ(open_in(b_, 1), ENXIO) << "released: b opens GPU 1 again";
+  EXPECT_EQ(open_in(b_, 0), EPERM) << "the plan's assignment is untouched";
+  EXPECT_EQ(open_in(a_, 0), ENXIO);
+  EXPECT_EQ(open_in(c, 1), ENXIO);
+  const json released = ctl({"quota"});
+  EXPECT_FALSE(released["budgets"][0].contains("gpu_revoked")) << released.dump();
+  EXPECT_EQ(plan_show(*tallyd)["revoked"], json::array());
+  EXPECT_EQ(show_text().find("GPU access withdrawn"), std::string::npos);
+  EXPECT_EQ(open_in(b_, 1), ENXIO) << "still released a moment later";
+  ::kill(spender.pid(), SIGKILL);  // watch runs on past stdin's end
 }
 
 }  // namespace
