@@ -64,16 +64,6 @@ std::string_view to_string(Action action) {
   return "notify";
 }
 
-std::optional<std::string> unsupported(Action action) {
-  switch (action) {
-    case Action::preempt:
-      return fmt::format("action '{}' is not carried out by this tallyd yet (deny, throttle, degrade, freeze, "
-                         "revoke-gpu and notify are)",
-                         to_string(action));
-    default: return std::nullopt;
-  }
-}
-
 std::string to_string(const Selector& selector) {
   std::string text;
   if (!selector.workload.empty()) text = "workload=" + selector.workload;

@@ -17,12 +17,11 @@
 namespace tally::budgets {
 
 // What happens when usage reaches the hard limit. notify: an event only; deny, throttle, degrade: the admission
-// word of the matching label sets; freeze, revoke-gpu, preempt: the workload's cgroup or its GPU access.
+// word of the matching label sets; freeze, revoke-gpu, preempt: the workload's cgroup or its GPU access
+// (preempt: frozen while a workload of a higher priority shares one of its GPUs).
 enum class Action { notify, deny, throttle, degrade, freeze, revoke_gpu, preempt };
 Result<Action> parse_action(std::string_view text);
 std::string_view to_string(Action action);
-// Actions the agent carries out today; the others are refused by the configuration with this reason.
-std::optional<std::string> unsupported(Action action);
 
 // Whom a budget covers: a label set matches when every label named here has this value in it (others are free),
 // and, when `workload` is set, its workload's id is exactly that.

@@ -561,7 +561,6 @@ Result<void> read_budgets(const SchemaReader& reader, std::string_view source, c
       TALLY_TRY(reader.read_string(*t, "budgets", "action", text));
       auto parsed = budgets::parse_action(text);
       if (!parsed) return reader.error_at(action->source(), "budgets.action", parsed.error().message);
-      if (auto why = budgets::unsupported(*parsed)) return reader.error_at(action->source(), "budgets.action", *why);
       if (!budget.hard && *parsed != budgets::Action::notify) {
         return reader.error_at(action->source(), "budgets.action", "needs a hard limit");
       }
@@ -593,7 +592,19 @@ Result<void> read_budgets(const SchemaReader& reader, std::string_view source, c
 }
 
 Result<void> read_quota(const SchemaReader& reader, const toml::table& table, QuotaSection& quota) {
-  TALLY_TRY(reader.reject_unknown(table, "quota", {"time_zone", "drop_in_dir"}));
+  TALLY_TRY(reader.reject_unknown(table, "quota", {"time_zone", "drop_in_dir", "priorities"}));
+  if (const toml::node* node = table.get("priorities")) {
+    const toml::table* priorities = node->as_table();
+    if (priorities == nullptr) return reader.error_at(node->source(), "quota.priorities", "expected a table of workload = priority");
+    for (const auto& [key, value] : *priorities) {
+      const std::string item = fmt::format("quota.priorities.\"{}\"", key.str());
+      if (!value.is_integer()) return reader.error_at(value.source(), item, "expected an integer priority");
+      if (auto valid = partitioning::check_workload_selector(key.str()); !valid) {
+        return reader.error_at(key.source(), item, valid.error().message);
+      }
+      quota.priorities[std::string(key.str())] = value.as_integer()->get();
+    }
+  }
   TALLY_TRY(reader.read_string(table, "quota", "time_zone", quota.time_zone));
   if (auto zone = budgets::find_time_zone(quota.time_zone); !zone) {
     return reader.error_at(table.get("time_zone")->source(), "quota.time_zone", zone.error().message);

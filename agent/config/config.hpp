@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -102,6 +103,9 @@ struct QuotaSection {
   std::string time_zone = "UTC";  // an IANA name: where calendar windows begin (local midnight, month, hour)
   std::string drop_in_dir;        // "": budgets.d beside the configuration file
   std::vector<budgets::Budget> budgets;
+  // Workload id → priority, for the preempt action: a workload over a preempt budget is frozen while a workload of a
+  // higher priority shares one of its GPUs. Unlisted workloads have priority 0.
+  std::map<std::string, std::int64_t> priorities;
   bool operator==(const QuotaSection&) const = default;
 };
 

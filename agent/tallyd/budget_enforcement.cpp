@@ -114,6 +114,7 @@ Result<void> BudgetEnforcement::configure(const QuotaSection& quota, budgets::Se
   auto zone = budgets::find_time_zone(quota.time_zone);
   if (!zone) return zone.error();
   auto reconfigured = engine_.configure(quota.budgets, **zone, now);
+  priorities_ = quota.priorities;
   for (const auto& change : reconfigured.changes) spdlog::info("budgets: {}", change);
   for (const auto& event : reconfigured.events) emit(event);
   return {};
@@ -128,9 +129,10 @@ void BudgetEnforcement::start(budgets::Seconds now) {
   for (const auto& event : engine_.start(ledger_, now)) emit(event);
   // What an earlier agent did to whole workloads: the first pass keeps what is still in force and undoes the rest.
   const auto& cursors = ledger_.cursors();
-  for (auto [prefix, imposed] : {std::pair{kFrozenCursor, &frozen_}, std::pair{kRevokedCursor, &revoked_}}) {
+  for (auto [prefix, imposed, action] : {std::tuple{kFrozenCursor, &frozen_, budgets::Action::freeze},
+                                         std::tuple{kRevokedCursor, &revoked_, budgets::Action::revoke_gpu}}) {
     for (auto it = cursors.lower_bound(std::string(prefix)); it != cursors.end() && it->first.starts_with(prefix); ++it) {
-      (*imposed)[it->first.substr(prefix.size())] = Imposed{"", true, {}, ""};
+      (*imposed)[it->first.substr(prefix.size())] = Imposed{"", action, true, {}, ""};
     }
   }
   if (!frozen_.empty() || !revoked_.empty()) {
@@ -158,8 +160,39 @@ void BudgetEnforcement::pass(const shm::MeteringSource* metering, const ClientUs
 }
 
 void BudgetEnforcement::act(budgets::Seconds now) {
-  freeze(engine_.workloads_under(budgets::Action::freeze, ledger_), now);
-  revoke(engine_.workloads_under(budgets::Action::revoke_gpu, ledger_), now);
+  using budgets::Action;
+  std::map<std::string, Wanted> frozen;
+  for (auto& [workload, budget] : engine_.workloads_under(Action::freeze, ledger_)) {
+    frozen[workload] = Wanted{budget, Action::freeze, ""};
+  }
+  const auto preemptible = engine_.workloads_under(Action::preempt, ledger_);
+  if (!preemptible.empty() && actuators_.gpu_holders) {
+    const auto holders = actuators_.gpu_holders();
+    for (const auto& [workload, budget] : preemptible) {
+      if (frozen.contains(workload)) continue;
+      if (std::string by = preempted_by(workload, holders); !by.empty()) frozen[workload] = Wanted{budget, Action::preempt, by};
+    }
+  }
+  freeze(frozen, now);
+  revoke(engine_.workloads_under(Action::revoke_gpu, ledger_), now);
+}
+
+std::string BudgetEnforcement::preempted_by(const std::string& workload,
+                                            const std::map<std::string, std::set<std::string>>& holders) const {
+  const auto priority = [&](const std::string& w) {
+    const auto it = priorities_.find(w);
+    return it == priorities_.end() ? std::int64_t{0} : it->second;
+  };
+  const std::int64_t mine = priority(workload);
+  for (const auto& [gpu, on_it] : holders) {
+    if (!on_it.contains(workload)) continue;
+    for (const auto& other : on_it) {
+      if (other != workload && priority(other) > mine) {
+        return fmt::format("{} (priority {}, this one {}) on GPU {}", other, priority(other), mine, gpu);
+      }
+    }
+  }
+  return "";
 }
 
 void BudgetEnforcement::report(BudgetEvent::Kind kind, budgets::Action action, const std::string& budget,
@@ -174,22 +207,26 @@ void BudgetEnforcement::report(BudgetEvent::Kind kind, budgets::Action action, c
   emit(event);
 }
 
-void BudgetEnforcement::freeze(const std::map<std::string, std::string>& wanted, budgets::Seconds now) {
+void BudgetEnforcement::freeze(const std::map<std::string, Wanted>& wanted, budgets::Seconds now) {
   using budgets::Action;
-  for (const auto& [workload, budget] : wanted) {
+  const auto no_freezer = [] {
+    return Result<freezer::Outcome>(make_error(ErrorCode::unsupported, "no cgroup v2 freezer on this node"));
+  };
+  for (const auto& [workload, want] : wanted) {
     Imposed& imposed = frozen_[workload];
-    if (imposed.budget.empty()) imposed.budget = budget;
+    if (imposed.budget.empty() || !imposed.done) {
+      imposed.budget = want.budget;
+      imposed.action = want.action;
+    }
     const auto since = now - imposed.tried;
     if (imposed.tried != budgets::Seconds{} && since < (imposed.done ? kReapplyInterval : kRetryInterval)) continue;
     const bool again = imposed.done;
     imposed.tried = now;
-    auto frozen = actuators_.freezer != nullptr
-                      ? actuators_.freezer->freeze(workload)
-                      : Result<freezer::Outcome>(make_error(ErrorCode::unsupported, "no cgroup v2 freezer on this node"));
+    auto frozen = actuators_.freezer != nullptr ? actuators_.freezer->freeze(workload) : no_freezer();
     if (!frozen) {
       if (imposed.failure != frozen.error().message) {
         imposed.failure = frozen.error().message;
-        report(BudgetEvent::Kind::failed, Action::freeze, imposed.budget, workload, imposed.failure, now);
+        report(BudgetEvent::Kind::failed, imposed.action, imposed.budget, workload, imposed.failure, now);
       }
       continue;
     }
@@ -197,8 +234,9 @@ void BudgetEnforcement::freeze(const std::map<std::string, std::string>& wanted,
     imposed.failure.clear();
     if (again) continue;  // applied again: the event was given the first time
     std::string detail = fmt::format("frozen through {}: {}", frozen->via, fmt::join(frozen->cgroups, ", "));
+    if (!want.why.empty()) detail += fmt::format("; for {}", want.why);
     if (!frozen->note.empty()) detail += fmt::format(" ({})", frozen->note);
-    report(BudgetEvent::Kind::applied, Action::freeze, imposed.budget, workload, detail, now);
+    report(BudgetEvent::Kind::applied, imposed.action, imposed.budget, workload, detail, now);
   }
   for (auto it = frozen_.begin(); it != frozen_.end();) {
     if (wanted.contains(it->first)) {
@@ -210,19 +248,17 @@ void BudgetEnforcement::freeze(const std::map<std::string, std::string>& wanted,
       it = frozen_.erase(it);
       continue;
     }
-    auto thawed = actuators_.freezer != nullptr
-                      ? actuators_.freezer->thaw(it->first)
-                      : Result<freezer::Outcome>(make_error(ErrorCode::unsupported, "no cgroup v2 freezer on this node"));
+    auto thawed = actuators_.freezer != nullptr ? actuators_.freezer->thaw(it->first) : no_freezer();
     if (!thawed) {
       if (imposed.failure != thawed.error().message) {
         imposed.failure = thawed.error().message;
-        report(BudgetEvent::Kind::failed, Action::freeze, imposed.budget, it->first,
-               "cannot thaw: " + imposed.failure, now);
+        report(BudgetEvent::Kind::failed, imposed.action, imposed.budget, it->first, "cannot thaw: " + imposed.failure,
+               now);
       }
       ++it;  // tried again at the next pass
       continue;
     }
-    report(BudgetEvent::Kind::undone, Action::freeze, imposed.budget, it->first,
+    report(BudgetEvent::Kind::undone, imposed.action, imposed.budget, it->first,
            thawed->cgroups.empty() ? "no cgroup left to thaw"
                                    : fmt::format("thawed through {}: {}", thawed->via, fmt::join(thawed->cgroups, ", ")),
            now);
@@ -247,7 +283,9 @@ void BudgetEnforcement::revoke(const std::map<std::string, std::string>& wanted,
   });
   if (waiting && !changed) return;
   for (const auto& [workload, budget] : wanted) {
-    if (revoked_[workload].budget.empty()) revoked_[workload].budget = budget;
+    Imposed& imposed = revoked_[workload];
+    imposed.action = Action::revoke_gpu;
+    if (imposed.budget.empty()) imposed.budget = budget;
   }
   auto done = actuators_.revoke_gpu
                   ? actuators_.revoke_gpu(next)

@@ -39,6 +39,8 @@ struct Actuators {
   freezer::Freezer* freezer = nullptr;  // freeze
   // revoke-gpu: the workloads whose GPU access is withdrawn now (the whole set, each call); the error says why not.
   std::function<Result<void>(const std::set<std::string>&)> revoke_gpu;
+  // preempt: the workloads holding each GPU now (by GPU), from GPU accounting; absent: no GPU is ever shared.
+  std::function<std::map<std::string, std::set<std::string>>()> gpu_holders;
 };
 
 class BudgetEnforcement {
@@ -80,13 +82,23 @@ class BudgetEnforcement {
   // One action on whole workloads (freeze, revoke-gpu): what this agent did, by workload.
   struct Imposed {
     std::string budget;           // the budget that wanted it ("" : restored from the checkpoint)
+    budgets::Action action = budgets::Action::freeze;  // freeze or preempt (frozen_); revoke-gpu (revoked_)
     bool done = false;            // carried out (and not undone)
     budgets::Seconds tried{};     // the last attempt, done or not
     std::string failure;          // the last attempt's error, reported once
   };
   void emit(const budgets::BudgetEvent& event);
   void act(budgets::Seconds now);
-  void freeze(const std::map<std::string, std::string>& wanted, budgets::Seconds now);
+  // A workload to freeze: by which budget, for which action, and why (preempt: by whom, on which GPU).
+  struct Wanted {
+    std::string budget;
+    budgets::Action action = budgets::Action::freeze;
+    std::string why;
+  };
+  void freeze(const std::map<std::string, Wanted>& wanted, budgets::Seconds now);
+  // preempt: the workload of a higher priority that shares one of `workload`'s GPUs, and where ("" : none).
+  std::string preempted_by(const std::string& workload,
+                           const std::map<std::string, std::set<std::string>>& holders) const;
   void revoke(const std::map<std::string, std::string>& wanted, budgets::Seconds now);
   // An applied, undone or failed event of `action` on `workload`.
   void report(budgets::BudgetEvent::Kind kind, budgets::Action action, const std::string& budget,
@@ -98,6 +110,7 @@ class BudgetEnforcement {
   Actuators actuators_;
   budgets::BudgetEngine engine_;
   std::map<std::string, Imposed> frozen_, revoked_;  // by workload
+  std::map<std::string, std::int64_t> priorities_;    // [quota] priorities
   // By segment name.
   std::unordered_map<std::string, SegmentHoldings> holdings_;
   std::uint64_t pass_ = 0;

@@ -180,7 +180,19 @@ class Daemon {
       }
       auto revoked = partitioning_->set_revoked(workloads);
       if (!revoked) return revoked.error();
+      if (!partitioning_->planned()) {
+        // No plan was applied (it restricts nothing): applying it now attaches the policy with the revocations.
+        apply_plan(config_.partitioning);
+        if (!workloads.empty() && !last_plan_report_.value("enforcing", false)) {
+          const auto refused = last_plan_report_.value("refused", nlohmann::json::array());
+          return make_error(ErrorCode::unsupported, "the GPU device policy could not be attached{}",
+                            refused.empty() ? std::string() : ": " + refused.dump());
+        }
+      }
       return {};
+    };
+    actuators.gpu_holders = [this] {
+      return gpu_usage_ ? gpu_usage_->holders() : std::map<std::string, std::set<std::string>>{};
     };
     budgets_ = std::make_unique<BudgetEnforcement>(
         ledger_,

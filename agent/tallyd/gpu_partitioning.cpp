@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <utility>
 #include <iterator>
 #include <set>
 
@@ -345,7 +346,7 @@ Result<json> GpuPartitioning::set_revoked(std::set<std::string> workloads) {
                       std::back_inserter(revoking));
   std::set_difference(revoked_.begin(), revoked_.end(), workloads.begin(), workloads.end(),
                       std::back_inserter(restoring));
-  revoked_ = std::move(workloads);
+  std::set<std::string> before = std::exchange(revoked_, std::move(workloads));
   json report{{"revoked", revoked_}, {"changes", json::array()}, {"refused", json::array()},
               {"generation", generation_}, {"enforcing", policy_ != nullptr}};
   if (revoking.empty() && restoring.empty()) return report;
@@ -354,6 +355,8 @@ Result<json> GpuPartitioning::set_revoked(std::set<std::string> workloads) {
     ++generation_;
     if (auto changed = bring_into_force(std::make_unique<Compiled>(compile(plan_)), report, previous, false);
         !changed) {
+      // Not in force: the set stays what is in force, so that a retry of the same set tries again.
+      revoked_ = std::move(before);
       return changed.error();
     }
   }

@@ -59,6 +59,8 @@ class GpuPartitioning {
   // and brought into force by it. The error: the policy could not be attached or updated (also audited).
   Result<nlohmann::json> set_revoked(std::set<std::string> workloads);
   const std::set<std::string>& revoked() const { return revoked_; }
+  // Whether apply() ran: before it, set_revoked() only keeps the set.
+  bool planned() const { return planned_; }
   // The agent stops: on_stop = "release" detaches; "keep" leaves the pinned policy in force.
   void stop();
 

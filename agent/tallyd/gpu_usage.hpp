@@ -29,6 +29,8 @@ class GpuUsageRecorder {
   using EventSink = std::function<void(const v1::Event&)>;
   GpuUsageRecorder(ledger::Ledger& ledger, collectors::gpu::IdleOptions idle, EventSink on_event = {});
   void record(const collectors::gpu::GpuPass& pass);
+  // The workloads holding each GPU (by UUID) as of the last pass: what the budgets' preempt decides by.
+  const std::map<std::string, std::set<std::string>>& holders() const { return holding_; }
   // Where the previous agent stood on each GPU, from the ledger's cursors (restored from the checkpoint): the newest
   // utilization sample it took and the energy counter it last read, for GpuSource::Options::resume.
   static std::map<std::string, std::pair<std::optional<std::uint64_t>, std::optional<std::uint64_t>>> resume_points(

@@ -101,9 +101,6 @@ TEST(BudgetsConfig, BadBudgetsNameTheFileLineAndKey) {
     const std::string error = parse_error(c.text);
     EXPECT_NE(error.find(c.expected), std::string::npos) << "got: " << error << "\nfor:\n" << c.text;
   }
-  // Actions not carried out yet are refused, never silently ignored.
-  EXPECT_NE(parse_error(head + "hard = 5\naction = \"preempt\"\n").find("not carried out by this tallyd yet"),
-            std::string::npos);
   EXPECT_NE(parse_error(head + "hard = 5\naction = \"deny\"\n[[budgets]]\nname = \"b\"\nselect = {}\n"
                                   "resource = \"requests\"\nhard = 1\naction = \"deny\"\n")
                 .find("test.toml:8:8: budgets.name: 'b' is already a budget (test.toml:1)"),
@@ -139,6 +136,30 @@ TEST(BudgetsConfig, DropInsAddBudgetsInNameOrderWithNamesUniqueAcrossFiles) {
   EXPECT_NE(quota.error().message.find("40-quota.toml:1:2: quota: unknown key"), std::string::npos)
       << quota.error().message;
   EXPECT_EQ(budgets_drop_in_dir(Config{}.quota, "/etc/tally/tally.toml"), "/etc/tally/budgets.d");
+}
+
+TEST(BudgetsConfig, PrioritiesForPreemptByWorkload) {
+  auto config = parse_config(R"([quota]
+priorities = { "systemd:inference.service" = 100, "slurm:job:42" = -5 }
+
+[[budgets]]
+name = "batch-gpu"
+select = { workload = "slurm:job:42" }
+resource = "gpu_seconds"
+window = "day"
+hard = 3600
+action = "preempt"
+)", "test.toml");
+  ASSERT_TRUE(config) << config.error().message;
+  EXPECT_EQ(config->quota.priorities,
+            (std::map<std::string, std::int64_t>{{"slurm:job:42", -5}, {"systemd:inference.service", 100}}));
+  EXPECT_EQ(config->quota.budgets.at(0).action, Action::preempt);
+  EXPECT_NE(parse_error("[quota]\npriorities = { \"systemd:a.service\" = \"high\" }\n")
+                .find("test.toml:2:38: quota.priorities.\"systemd:a.service\": expected an integer priority"),
+            std::string::npos)
+      << parse_error("[quota]\npriorities = { \"systemd:a.service\" = \"high\" }\n");
+  EXPECT_NE(parse_error("[quota]\npriorities = { \"team-a\" = 1 }\n").find("is not a workload"), std::string::npos);
+  EXPECT_NE(parse_error("[quota]\npriorities = 3\n").find("quota.priorities: expected a table"), std::string::npos);
 }
 
 }  // namespace

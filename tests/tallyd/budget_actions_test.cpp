@@ -114,7 +114,7 @@ TEST(BudgetActions, AFrozenWorkloadIsThawedWhenItsWindowEnds) {
   freezer::Freezer freezer({*root, {}, true});
   Recorded recorded;
   BudgetEnforcement enforcement(ledger, [&](const v1::QuotaEvent& e) { recorded.events.push_back(e); },
-                                Actuators{&freezer, {}});
+                                Actuators{&freezer, {}, {}});
   ASSERT_TRUE(enforcement.configure(quota("cgroup:" + path, "freeze"), at(2, 9)));
   enforcement.start(at(2, 9));
   ledger.add(w, tokens, 999);
@@ -131,6 +131,63 @@ TEST(BudgetActions, AFrozenWorkloadIsThawedWhenItsWindowEnds) {
   EXPECT_EQ(recorded.kinds(), (std::vector{v1::QuotaEvent::KIND_HARD_REACHED, v1::QuotaEvent::KIND_APPLIED,
                                            v1::QuotaEvent::KIND_LIFTED, v1::QuotaEvent::KIND_UNDONE}));
   EXPECT_TRUE(wait_until([&] { return !frozen(); }, 20s));
+}
+
+// preempt: a workload over its preempt budget is frozen only while a workload of a higher priority shares one of its
+// GPUs (as GPU accounting sees the holders), and thawed when that one lets go of the GPU.
+TEST(BudgetActions, PreemptFreezesTheLowerPriorityHolderWhileAHigherOneSharesItsGpu) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root (test cgroups)";
+  const auto root = test::cgroup2_root();
+  if (!root) GTEST_SKIP() << "needs cgroup v2 (pure or hybrid)";
+  test::TestCgroupParent parent(*root);
+  if (!std::filesystem::exists(parent.path() / "cgroup.freeze")) GTEST_SKIP() << "no cgroup v2 freezer (Linux 5.2+)";
+  const auto low_cgroup = parent.make_child("low");
+  const std::string low = "cgroup:/" + low_cgroup.lexically_relative(*root).generic_string();
+  const std::string high = "systemd:inference.service";
+  const auto frozen = [&] {
+    const auto events = read_file(low_cgroup / "cgroup.events");
+    return events && events->find("frozen 1") != std::string::npos;
+  };
+
+  ledger::Ledger ledger;
+  const auto tokens = ledger.counter("tokens_out", ledger::Source::client);
+  auto& w = ledger.label_set(ledger.workload(identify_cgroup(low.substr(7))), "team=a");
+  freezer::Freezer freezer({*root, {}, true});
+  std::map<std::string, std::set<std::string>> holders{{"GPU-0", {low}}, {"GPU-1", {"cgroup:/elsewhere"}}};
+  Recorded recorded;
+  BudgetEnforcement enforcement(ledger, [&](const v1::QuotaEvent& e) { recorded.events.push_back(e); },
+                                Actuators{&freezer, {}, [&] { return holders; }});
+  QuotaSection section = quota(low, "preempt");
+  section.priorities = {{high, 10}, {low, 1}};
+  ASSERT_TRUE(enforcement.configure(section, at(2, 9)));
+  enforcement.start(at(2, 9));
+  ledger.add(w, tokens, 2000);
+  enforcement.pass(nullptr, nullptr, at(2, 10));
+  EXPECT_EQ(recorded.kinds(), std::vector{v1::QuotaEvent::KIND_HARD_REACHED}) << "alone on its GPU: it runs on";
+  EXPECT_FALSE(frozen());
+
+  // The higher-priority workload starts on the same GPU: the lower one is frozen, and the event says for whom.
+  holders["GPU-0"].insert(high);
+  enforcement.pass(nullptr, nullptr, at(2, 10) + seconds(1));
+  ASSERT_EQ(recorded.kinds(), (std::vector{v1::QuotaEvent::KIND_HARD_REACHED, v1::QuotaEvent::KIND_APPLIED}));
+  EXPECT_EQ(recorded.events.back().action(), "preempt");
+  EXPECT_EQ(recorded.events.back().workload(), low);
+  EXPECT_NE(recorded.events.back().detail().find(high + " (priority 10, this one 1) on GPU GPU-0"), std::string::npos)
+      << recorded.events.back().detail();
+  EXPECT_TRUE(wait_until([&] { return frozen(); }, 20s));
+
+  // It ends (lets go of the GPU): the lower one is thawed. A frozen process keeps its GPU memory, so it stays a holder.
+  holders["GPU-0"].erase(high);
+  enforcement.pass(nullptr, nullptr, at(2, 10) + seconds(2));
+  EXPECT_EQ(recorded.events.back().kind(), v1::QuotaEvent::KIND_UNDONE);
+  EXPECT_EQ(recorded.events.back().action(), "preempt");
+  EXPECT_TRUE(wait_until([&] { return !frozen(); }, 20s));
+
+  // A workload of the same or a lower priority never preempts it.
+  holders["GPU-0"].insert("cgroup:/peer");
+  enforcement.pass(nullptr, nullptr, at(2, 10) + seconds(3));
+  EXPECT_EQ(recorded.events.back().kind(), v1::QuotaEvent::KIND_UNDONE);
+  EXPECT_FALSE(frozen());
 }
 
 }  // namespace

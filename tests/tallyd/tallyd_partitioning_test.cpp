@@ -341,5 +341,38 @@ TEST_F(TallydPartitioningTest, BudgetRevokeGpuWithdrawsAWorkloadsAccessAndReleas
   ::kill(spender.pid(), SIGKILL);  // watch runs on past stdin's end
 }
 
+// A node whose plan restricts nothing (no policy attached): a revocation attaches the policy, and is in force.
+TEST_F(TallydPartitioningTest, BudgetRevokeGpuWorksWhereNoPlanRestrictsAnything) {
+  const auto socket = (dir_ / "tally.sock").string();
+  ::setenv("TALLY_SOCKET", socket.c_str(), 1);
+  struct Unset {
+    ~Unset() { ::unsetenv("TALLY_SOCKET"); }
+  } unset;
+  auto tallyd = start(config("", fmt::format(
+      "[metering]\nsocket = \"{}\"\nruntime_dir = \"{}\"\ndrain_interval_ms = 10\n"
+      "[[budgets]]\nname = \"b-tokens\"\nselect = {{ workload = \"{}\" }}\nresource = \"tokens_out\"\n"
+      "window = \"day\"\nhard = 1000\naction = \"revoke-gpu\"\n",
+      socket, (dir_ / "run").string(), cgroup_workload(b_))));
+  const auto endpoint = tallyd->wait_ready();
+  ASSERT_TRUE(endpoint) << tallyd->process().stderr_text();
+  FeedSubscriber events(*endpoint, "event");
+  EXPECT_EQ(open_in(b_, 0), ENXIO) << "nothing is restricted yet";
+  CgroupProcess spender(b_, {BUDGET_CLIENT_PATH, "watch", "team=b", "1500", "120"});
+  ASSERT_EQ(spender.read_line(20s), "added 1500");
+  const auto applied = events.receive_until([&](const FeedMessage& m) {
+    const auto& q = m.envelope.event().quota();
+    return m.envelope.event().has_quota() &&
+           (q.kind() == v1::QuotaEvent::KIND_APPLIED || q.kind() == v1::QuotaEvent::KIND_FAILED);
+  }, 20s);
+  ASSERT_TRUE(applied) << tallyd->process().stderr_text();
+  ASSERT_EQ(applied->envelope.event().quota().kind(), v1::QuotaEvent::KIND_APPLIED)
+      << applied->envelope.event().quota().detail();
+  EXPECT_EQ(open_in(b_, 0), EPERM) << "revoked: the policy was attached for it";
+  EXPECT_EQ(open_in(b_, 1), EPERM);
+  EXPECT_EQ(open_in(a_, 0), ENXIO) << "everyone else opens every GPU";
+  EXPECT_TRUE(plan_show(*tallyd)["enforcing"].get<bool>());
+  ::kill(spender.pid(), SIGKILL);
+}
+
 }  // namespace
 }  // namespace tally::test
