@@ -17,13 +17,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// CPU time used by every process of `cgroup` so far, in microseconds (cpu.stat is there without any controller).
-std::uint64_t cpu_usec(const std::filesystem::path& cgroup) {
-  const auto text = read_file(cgroup / "cpu.stat");
-  if (!text || !text->starts_with("usage_usec ")) return 0;
-  return std::stoull(text->substr(11));
-}
-
 TEST(WorkloadCgroups, TheTopmostCgroupsOfTheWorkloadOnly) {
   const std::map<std::uint64_t, std::string> cgroups{{1, "/"},
                                                      {2, "/system.slice"},
@@ -65,7 +58,7 @@ TEST_F(FreezerTest, AFrozenWorkloadStopsUsingCpuOthersGoOnAndThawStartsItAgain) 
   CgroupProcess spin_b(b, {TALLY_EBPF_WORKLOAD, "spin"});
   ASSERT_EQ(spin_a.read_line(10s), "spinning");
   ASSERT_EQ(spin_b.read_line(10s), "spinning");
-  ASSERT_TRUE(wait_until([&] { return cpu_usec(a) > 0 && cpu_usec(b) > 0; }, 20s));
+  ASSERT_TRUE(wait_until([&] { return cgroup_cpu_usec(a) > 0 && cgroup_cpu_usec(b) > 0; }, 20s));
 
   auto freezer = make();
   auto frozen = freezer.freeze(workload(a));
@@ -76,15 +69,15 @@ TEST_F(FreezerTest, AFrozenWorkloadStopsUsingCpuOthersGoOnAndThawStartsItAgain) 
   EXPECT_FALSE(freezer.frozen(workload(b)));
 
   // While b burns another 200 ms of CPU, a burns none.
-  const std::uint64_t a_frozen = cpu_usec(a);
-  const std::uint64_t b_before = cpu_usec(b);
-  ASSERT_TRUE(wait_until([&] { return cpu_usec(b) >= b_before + 200'000; }, 30s)) << "b stopped too";
-  EXPECT_EQ(cpu_usec(a), a_frozen) << "a frozen workload used CPU";
+  const std::uint64_t a_frozen = cgroup_cpu_usec(a);
+  const std::uint64_t b_before = cgroup_cpu_usec(b);
+  ASSERT_TRUE(wait_until([&] { return cgroup_cpu_usec(b) >= b_before + 200'000; }, 30s)) << "b stopped too";
+  EXPECT_EQ(cgroup_cpu_usec(a), a_frozen) << "a frozen workload used CPU";
 
   auto thawed = freezer.thaw(workload(a));
   ASSERT_TRUE(thawed) << thawed.error().message;
   ASSERT_TRUE(wait_until([&] { return !freezer.frozen(workload(a)); }, 20s));
-  EXPECT_TRUE(wait_until([&] { return cpu_usec(a) >= a_frozen + 100'000; }, 30s)) << "a did not run again";
+  EXPECT_TRUE(wait_until([&] { return cgroup_cpu_usec(a) >= a_frozen + 100'000; }, 30s)) << "a did not run again";
 }
 
 TEST_F(FreezerTest, ACgroupMadeInsideAFrozenWorkloadIsFrozenToo) {

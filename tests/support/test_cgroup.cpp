@@ -32,6 +32,21 @@ std::optional<std::filesystem::path> cgroup2_root() {
   return std::nullopt;
 }
 
+std::uint64_t cgroup_cpu_usec(const std::filesystem::path& cgroup) {
+  std::ifstream in(cgroup / "cpu.stat");
+  std::string key;
+  std::uint64_t value = 0;
+  return in >> key >> value && key == "usage_usec" ? value : 0;
+}
+
+bool cgroup_frozen(const std::filesystem::path& cgroup) {
+  std::ifstream in(cgroup / "cgroup.events");
+  for (std::string line; std::getline(in, line);) {
+    if (line == "frozen 1") return true;
+  }
+  return false;
+}
+
 TestCgroupParent::TestCgroupParent(const std::filesystem::path& root)
     : path_(root / ("tally-test-" + std::to_string(::getpid()))) {
   std::filesystem::create_directory(path_);

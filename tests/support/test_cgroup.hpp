@@ -19,6 +19,12 @@ namespace tally::test {
 // Where cgroup v2 is mounted: /sys/fs/cgroup (pure v2) or /sys/fs/cgroup/unified (hybrid); nullopt if neither.
 std::optional<std::filesystem::path> cgroup2_root();
 
+// CPU time used so far by every process of `cgroup`, in microseconds (cpu.stat's usage_usec, there without any
+// controller); 0 when unreadable. The freeze tests use another cgroup's CPU time as their clock.
+std::uint64_t cgroup_cpu_usec(const std::filesystem::path& cgroup);
+// Whether the kernel says `cgroup` is frozen (cgroup.events "frozen 1").
+bool cgroup_frozen(const std::filesystem::path& cgroup);
+
 // <root>/tally-test-<pid>: made on construction, removed (with every cgroup below it) on destruction.
 class TestCgroupParent {
  public:

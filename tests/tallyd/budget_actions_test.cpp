@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
-#include "agent/base/files.hpp"
 #include "agent/tallyd/budget_enforcement.hpp"
 #include "tests/support/deadline.hpp"
 #include "tests/support/test_cgroup.hpp"
@@ -103,10 +102,7 @@ TEST(BudgetActions, AFrozenWorkloadIsThawedWhenItsWindowEnds) {
   if (!std::filesystem::exists(parent.path() / "cgroup.freeze")) GTEST_SKIP() << "no cgroup v2 freezer (Linux 5.2+)";
   const auto cgroup = parent.make_child("w");
   const std::string path = "/" + cgroup.lexically_relative(*root).generic_string();
-  const auto frozen = [&] {
-    const auto events = read_file(cgroup / "cgroup.events");
-    return events && events->find("frozen 1") != std::string::npos;
-  };
+  const auto frozen = [&] { return test::cgroup_frozen(cgroup); };
 
   ledger::Ledger ledger;
   const auto tokens = ledger.counter("tokens_out", ledger::Source::client);
@@ -144,10 +140,7 @@ TEST(BudgetActions, PreemptFreezesTheLowerPriorityHolderWhileAHigherOneSharesIts
   const auto low_cgroup = parent.make_child("low");
   const std::string low = "cgroup:/" + low_cgroup.lexically_relative(*root).generic_string();
   const std::string high = "systemd:inference.service";
-  const auto frozen = [&] {
-    const auto events = read_file(low_cgroup / "cgroup.events");
-    return events && events->find("frozen 1") != std::string::npos;
-  };
+  const auto frozen = [&] { return test::cgroup_frozen(low_cgroup); };
 
   ledger::Ledger ledger;
   const auto tokens = ledger.counter("tokens_out", ledger::Source::client);

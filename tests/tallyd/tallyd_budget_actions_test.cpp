@@ -10,7 +10,6 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "agent/base/files.hpp"
 #include "tests/support/deadline.hpp"
 #include "tests/support/feed_subscriber.hpp"
 #include "tests/support/process.hpp"
@@ -22,17 +21,6 @@ namespace tally::test {
 namespace {
 
 using namespace std::chrono_literals;
-
-std::uint64_t cpu_usec(const std::filesystem::path& cgroup) {
-  const auto text = read_file(cgroup / "cpu.stat");
-  if (!text || !text->starts_with("usage_usec ")) return 0;
-  return std::stoull(text->substr(11));
-}
-
-bool frozen(const std::filesystem::path& cgroup) {
-  const auto events = read_file(cgroup / "cgroup.events");
-  return events && events->find("frozen 1") != std::string::npos;
-}
 
 class TallydBudgetActions : public ::testing::Test {
  protected:
@@ -74,10 +62,10 @@ class TallydBudgetActions : public ::testing::Test {
   }
   // While `running` burns another 200 ms of CPU, `cgroup` burns none.
   static void expect_stopped(const std::filesystem::path& cgroup, const std::filesystem::path& running) {
-    const std::uint64_t stopped = cpu_usec(cgroup);
-    const std::uint64_t before = cpu_usec(running);
-    ASSERT_TRUE(wait_until([&] { return cpu_usec(running) >= before + 200'000; }, 30s)) << "the other workload stopped";
-    EXPECT_EQ(cpu_usec(cgroup), stopped) << "a frozen workload used CPU";
+    const std::uint64_t stopped = cgroup_cpu_usec(cgroup);
+    const std::uint64_t before = cgroup_cpu_usec(running);
+    ASSERT_TRUE(wait_until([&] { return cgroup_cpu_usec(running) >= before + 200'000; }, 30s)) << "the other workload stopped";
+    EXPECT_EQ(cgroup_cpu_usec(cgroup), stopped) << "a frozen workload used CPU";
   }
 
   std::filesystem::path root_;
@@ -110,8 +98,8 @@ TEST_F(TallydBudgetActions, FreezeStopsTheWorkloadSurvivesARestartAndReleaseThaw
   EXPECT_EQ(event.workload(), workload(a));
   EXPECT_EQ(event.used(), 1500u);
   EXPECT_NE(event.detail().find("cgroup.freeze"), std::string::npos) << event.detail();
-  ASSERT_TRUE(wait_until([&] { return frozen(a); }, 20s));
-  EXPECT_FALSE(frozen(b));
+  ASSERT_TRUE(wait_until([&] { return cgroup_frozen(a); }, 20s));
+  EXPECT_FALSE(cgroup_frozen(b));
   expect_stopped(a, b);
   EXPECT_TRUE(tallyd->process().wait_for_stderr("freeze carried out on " + workload(a), 10s));
   auto quota = tallyctl(*tallyd, {"quota"});
@@ -121,7 +109,7 @@ TEST_F(TallydBudgetActions, FreezeStopsTheWorkloadSurvivesARestartAndReleaseThaw
   // it so, without a second event.
   tallyd->process().signal(SIGTERM);
   ASSERT_TRUE(tallyd->process().wait(20s));
-  EXPECT_TRUE(frozen(a));
+  EXPECT_TRUE(cgroup_frozen(a));
   tallyd = std::make_unique<TallydProcess>(config(budgets));
   endpoint = tallyd->wait_ready();
   ASSERT_TRUE(endpoint) << tallyd->process().stderr_text();
@@ -139,11 +127,11 @@ TEST_F(TallydBudgetActions, FreezeStopsTheWorkloadSurvivesARestartAndReleaseThaw
   ASSERT_TRUE(undone) << tallyd->process().stderr_text();
   EXPECT_EQ(undone->envelope.event().quota().workload(), workload(a));
   EXPECT_NE(undone->envelope.event().quota().detail().find("thawed"), std::string::npos);
-  ASSERT_TRUE(wait_until([&] { return !frozen(a); }, 20s));
-  const std::uint64_t thawed = cpu_usec(a);
-  EXPECT_TRUE(wait_until([&] { return cpu_usec(a) >= thawed + 100'000; }, 30s)) << "a did not run again";
+  ASSERT_TRUE(wait_until([&] { return !cgroup_frozen(a); }, 20s));
+  const std::uint64_t thawed = cgroup_cpu_usec(a);
+  EXPECT_TRUE(wait_until([&] { return cgroup_cpu_usec(a) >= thawed + 100'000; }, 30s)) << "a did not run again";
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(feed->receive_until([](const FeedMessage& m) { return m.envelope.has_usage(); }, 10s));
-  EXPECT_FALSE(frozen(a)) << "released for the rest of the window";
+  EXPECT_FALSE(cgroup_frozen(a)) << "released for the rest of the window";
 }
 
 TEST_F(TallydBudgetActions, AWorkloadThatCannotBeFrozenIsAFailureNamedOnTheFeedAndTheAgentGoesOn) {
